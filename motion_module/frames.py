@@ -1,0 +1,67 @@
+"""How the rows of one UNet call split into videos, told to the injected motion blocks.
+
+The WebUI's UNet blocks hand an injected module only ``x`` of shape (b·f, c, h, w): the number of
+frames per video block cannot be read from the tensor. The injection creates one ``FrameLayout``
+and gives it to every block it inserts; whoever calls the UNet (the windowed denoiser) sets the
+frame count for each call. No module-level global is involved.
+
+Owns: ``FrameLayout``. Imports nothing from the WebUI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+# fn(x, frames) -> y: the per-window temporal computation, x of shape (b·f, c, h, w).
+TemporalFn = Callable[[torch.Tensor, int], torch.Tensor]
+# runner(fn, x, frames) -> y: runs fn over windows of the frame axis and fuses the results.
+TemporalRunner = Callable[[TemporalFn, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class FrameLayout:
+    """Mutable holder read by injected blocks; set per UNet call by the sampler side.
+
+    ``frames``: frames per video block in the current call; the call holds rows // frames blocks
+    (cond block, then uncond block, or just one of them). 0 means "not set", which is an error
+    for a motion block: it would silently mix unrelated frames.
+    ``temporal_runner``: None runs the motion module over all ``frames`` at once; the
+    motion-module-window mode installs a runner that splits the frame axis into windows.
+    """
+
+    frames: int = 0
+    temporal_runner: TemporalRunner | None = None
+
+    def blocks(self, rows: int) -> int:
+        """Number of video blocks in a call of ``rows`` rows; raises if the rows do not divide."""
+        if self.frames <= 0:
+            raise RuntimeError(
+                "motion module called without a frame count: the UNet was run outside an "
+                "AnimateDiff sampling pass while a motion module was injected"
+            )
+        if rows % self.frames:
+            raise RuntimeError(
+                f"UNet call has {rows} rows, which is not a whole number of {self.frames}-frame videos"
+            )
+        return rows // self.frames
+
+    def run(self, fn: TemporalFn, x: torch.Tensor) -> torch.Tensor:
+        """Apply a temporal computation to x (b·f, c, h, w) under the current layout."""
+        self.blocks(x.shape[0])
+        if self.temporal_runner is None:
+            return fn(x, self.frames)
+        return self.temporal_runner(fn, x, self.frames)
+
+    @contextlib.contextmanager
+    def using(self, frames: int, temporal_runner: TemporalRunner | None = None) -> Iterator[FrameLayout]:
+        """Set the layout for the duration of one UNet call and restore the previous one."""
+        saved = (self.frames, self.temporal_runner)
+        self.frames, self.temporal_runner = frames, temporal_runner
+        try:
+            yield self
+        finally:
+            self.frames, self.temporal_runner = saved
