@@ -1,0 +1,230 @@
+"""The windowed denoise wrapper: any number of frames through a motion module that sees ``context``.
+
+``WindowedDenoiser`` wraps an inner-model callable ``inner(x, sigma, **cond)`` whose rows are whole
+videos, [cond f0..fN-1 | uncond f0..fN-1] or one block only. Each step it asks window_schedule for
+the windows, slices every per-frame input to them, runs the UNet on several windows per call
+(within a frame budget) and fuses the overlaps by weight (window_fusion). In motion-module mode the
+UNet sees all frames once and only the motion module's temporal pass runs in windows.
+Called from the adapter's denoiser seam; imports no WebUI module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .frames import FrameLayout, TemporalFn, TemporalRunner
+from .params import WindowMode, WindowParams
+from .window_fusion import FusionBuffer, fusion_weights, window_rows
+from .window_schedule import Window, ordered_halving, schedule, validate_window_params
+
+__all__ = [
+    "PerFrameInputs",
+    "WindowedDenoiser",
+    "Window",
+    "fusion_weights",
+    "make_temporal_runner",
+    "ordered_halving",
+    "schedule",
+    "slice_rows",
+    "validate_window_params",
+]
+
+Inner = Callable[..., torch.Tensor]
+
+
+def slice_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
+    """Take ``index`` rows of every tensor in ``value`` whose first axis has ``rows`` rows.
+
+    Walks dicts (SDXL's {"crossattn", "vector", "c_concat"}), lists (ldm's {"c_crossattn": [t]})
+    and tuples; other tensors (shared across rows) and non-tensors pass through untouched.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 0 and value.shape[0] == rows:
+            return value.index_select(0, index.to(value.device))
+        return value
+    if isinstance(value, dict):
+        sliced = {key: slice_rows(item, index, rows) for key, item in value.items()}
+        if type(value) is dict:
+            return sliced
+        try:  # keep dict subclasses (the WebUI's DictWithShape) when they can be rebuilt
+            return type(value)(sliced)
+        except TypeError:
+            return sliced
+    if isinstance(value, list):
+        return [slice_rows(item, index, rows) for item in value]
+    if isinstance(value, tuple):
+        return tuple(slice_rows(item, index, rows) for item in value)
+    return value
+
+
+class PerFrameInputs:
+    """Per-frame inputs that do not travel through the inner call's arguments (ControlNet hints).
+
+    Each entry is read with ``get`` and written with ``set``; around every windowed UNet call the
+    wrapper writes the window's rows and afterwards writes the full tensor back. A tensor with as
+    many rows as the call is indexed row by row; one holding a different whole number of
+    ``frames``-row blocks (e.g. a single block shared by cond and uncond) by row modulo its length.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[str, Callable[[], Any], Callable[[Any], None]]] = []
+
+    def add(self, name: str, get: Callable[[], Any], set: Callable[[Any], None]) -> None:  # noqa: A002
+        self._entries.append((name, get, set))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @contextlib.contextmanager
+    def sliced(self, index: torch.Tensor, rows: int, frames: int) -> Iterator[None]:
+        restore: list[tuple[Callable[[Any], None], Any]] = []
+        try:
+            for name, get, set_ in self._entries:
+                full = get()
+                if full is None:
+                    continue
+                restore.append((set_, full))
+                set_(_take(name, full, index, rows, frames))
+            yield
+        finally:
+            for set_, full in reversed(restore):
+                set_(full)
+
+
+def _take(name: str, full: Any, index: torch.Tensor, rows: int, frames: int) -> Any:
+    if not isinstance(full, torch.Tensor):
+        raise TypeError(f"per-frame input {name!r} is a {type(full).__name__}; expected a tensor")
+    count = full.shape[0]
+    if count == rows:
+        return full.index_select(0, index.to(full.device))
+    if count % frames == 0:
+        return full.index_select(0, (index % count).to(full.device))
+    raise ValueError(
+        f"per-frame input {name!r} has {count} rows; expected {rows} (one per UNet row) or a "
+        f"multiple of the {frames} frames"
+    )
+
+
+def _blocks(rows: int, frames: int) -> int:
+    if frames < 1 or rows % frames:
+        raise ValueError(
+            f"the denoiser got {rows} rows, which is not a whole number of {frames}-frame videos; "
+            "AnimateDiff needs the batch size to equal the number of frames and cond/uncond rows "
+            "in whole video blocks (prompts with AND are not supported)"
+        )
+    return rows // frames
+
+
+def _chunks(windows: list[Window], budget: int) -> Iterator[list[Window]]:
+    """Windows grouped by length, then packed so each call holds at most ``budget`` frames."""
+    for length in dict.fromkeys(len(w) for w in windows):
+        group = [w for w in windows if len(w) == length]
+        per_call = max(1, budget // length) if budget > 0 else 1
+        for start in range(0, len(group), per_call):
+            yield group[start : start + per_call]
+
+
+def _run_windows(
+    x: torch.Tensor,
+    frames: int,
+    windows: list[Window],
+    params: WindowParams,
+    call: Callable[[torch.Tensor, int], torch.Tensor],
+    between: Callable[[], None] | None,
+) -> torch.Tensor:
+    """Run ``call(row_index, window_len)`` over packed windows and fuse its outputs per frame."""
+    blocks = _blocks(x.shape[0], frames)
+    buffer = FusionBuffer(x, frames)
+    for chunk in _chunks(windows, params.frame_budget):
+        if between is not None:
+            between()
+        length = len(chunk[0])
+        # (blocks, windows, length) row indices: each video block keeps its windows together
+        index = torch.stack([window_rows(w, frames, blocks, x.device).view(blocks, length) for w in chunk], 1)
+        out = call(index.reshape(-1), length)
+        out = out.view(blocks, len(chunk), length, *out.shape[1:])  # (b·n·l, ...) -> (b, n, l, ...)
+        weights = fusion_weights(length, params.fusion)
+        for k, window in enumerate(chunk):
+            buffer.add(window, out[:, k].reshape(blocks * length, *out.shape[3:]), weights)
+    return buffer.result()
+
+
+def make_temporal_runner(
+    windows: list[Window], params: WindowParams, between: Callable[[], None] | None = None
+) -> TemporalRunner:
+    """A FrameLayout runner that applies the motion module's temporal pass window by window.
+
+    Spatial layers are per frame, so they can see every frame at once; only the temporal
+    attention needs to be limited to ``context`` frames. Windows come from the same schedule as
+    full-UNet windows and are fused with the same weights.
+    """
+
+    def runner(fn: TemporalFn, x: torch.Tensor, frames: int) -> torch.Tensor:
+        def call(index: torch.Tensor, length: int) -> torch.Tensor:
+            return fn(x.index_select(0, index), length)  # (b·f, c, h, w) -> (b·n·l, c, h, w)
+
+        return _run_windows(x, frames, windows, params, call, between)
+
+    return runner
+
+
+class WindowedDenoiser:
+    """Callable with the inner model's signature that runs it over context windows.
+
+    ``step`` returns the sampler's step counter (the schedule shifts with it); ``between`` runs
+    before each windowed UNet call (the adapter raises the WebUI's interrupt there). ``calls`` and
+    ``frame_evals`` count UNet calls and frames evaluated per block, for tests and benchmarks.
+    """
+
+    def __init__(
+        self,
+        inner: Inner,
+        params: WindowParams,
+        layout: FrameLayout,
+        frames: int,
+        step: Callable[[], int] = lambda: 0,
+        per_frame: PerFrameInputs | None = None,
+        between: Callable[[], None] | None = None,
+    ):
+        validate_window_params(params)
+        if frames < 1:
+            raise ValueError(f"frames is {frames}; a video needs at least 1 frame")
+        self.inner, self.params, self.layout, self.frames = inner, params, layout, frames
+        self.step, self.per_frame, self.between = step, per_frame or PerFrameInputs(), between
+        self.calls = 0
+        self.frame_evals = 0
+
+    def __call__(self, x: torch.Tensor, sigma: Any, **cond: Any) -> torch.Tensor:
+        frames = self.frames
+        rows = x.shape[0]
+        _blocks(rows, frames)
+        windows = schedule(frames, int(self.step()), self.params)
+        if len(windows) == 1 and windows[0] == tuple(range(frames)):
+            return self._count(self._run_all(x, sigma, cond, None), frames)
+        if self.params.mode == WindowMode.MOTION_MODULE:
+            runner = make_temporal_runner(windows, self.params, self.between)
+            return self._count(self._run_all(x, sigma, cond, runner), frames)
+
+        def call(index: torch.Tensor, length: int) -> torch.Tensor:
+            x_in, sigma_in, cond_in = slice_rows((x, sigma, cond), index, rows)
+            with self.per_frame.sliced(index, rows, frames), self.layout.using(length):
+                out = self.inner(x_in, sigma_in, **cond_in)
+            self._count(out, index.numel() * frames // rows)
+            return out
+
+        return _run_windows(x, frames, windows, self.params, call, self.between)
+
+    def _run_all(
+        self, x: torch.Tensor, sigma: Any, cond: dict, runner: TemporalRunner | None
+    ) -> torch.Tensor:
+        with self.layout.using(self.frames, runner):
+            return self.inner(x, sigma, **cond)
+
+    def _count(self, out: torch.Tensor, frame_evals: int) -> torch.Tensor:
+        self.calls += 1
+        self.frame_evals += frame_evals
+        return out
