@@ -1,17 +1,19 @@
-"""Every user-facing knob as frozen data: enums with stable machine values, and parameter groups.
+"""Every user-facing knob as frozen data, and the one parser that builds it.
 
-The adapter parses the UI, the API, pasted infotext and XYZ axes into these objects once; the
-engine only ever reads them. Derived values are computed, never written back (use
-``dataclasses.replace``). Enum values are the strings the predecessor's API and infotext use, so
-old payloads keep working.
-
-Owns: enums, ``WindowParams``, ``ExportParams``, ``Img2VidParams``. Imports nothing from the WebUI.
+The adapter parses the UI, the API, pasted infotext and XYZ axes into these objects once, through
+``parse_params``; the engine only ever reads them. Derived values are computed, never written back
+(use ``dataclasses.replace``). Enum values and field keys are the strings the predecessor's API and
+infotext use, so old payloads keep working. Imports nothing from the WebUI.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class ClosedLoop(str, Enum):
@@ -57,6 +59,13 @@ class Interp(str, Enum):
     FILM = "FILM"  # the predecessor's name for "interpolate"; FILM if Deforum is there, else optical flow
 
 
+class FreeInitFilter(str, Enum):
+    BUTTERWORTH = "butterworth"
+    GAUSSIAN = "gaussian"
+    BOX = "box"
+    IDEAL = "ideal"
+
+
 @dataclass(frozen=True)
 class WindowParams:
     """Sliding-window ("infinite context") sampling."""
@@ -100,3 +109,458 @@ class Img2VidParams:
     latent_scale: float = 32.0
     latent_power_last: float = 1.0
     latent_scale_last: float = 32.0
+
+
+@dataclass(frozen=True)
+class FreeInitParams:
+    """Accepted and carried so predecessor payloads parse; FreeInit itself is not implemented yet."""
+
+    enable: bool = False
+    filter: FreeInitFilter = FreeInitFilter.BUTTERWORTH
+    ds: float = 0.25
+    dt: float = 0.25
+    iters: int = 3
+
+
+DEFAULT_MODEL = "mm_sd15_v3.safetensors"
+
+
+@dataclass(frozen=True)
+class AnimateDiffParams:
+    """One generation's AnimateDiff request, validated. ``frames`` is what actually gets sampled."""
+
+    enable: bool = False
+    model: str = DEFAULT_MODEL  # file name relative to the motion-module folder
+    video_length: int = 0  # 0 means "as many frames as the context"
+    window: WindowParams = WindowParams()
+    export: ExportParams = ExportParams()
+    img2vid: Img2VidParams = Img2VidParams()
+    # An image (PIL, numpy, gradio dict) or a base64 string; not compared (arrays have no plain ==).
+    last_frame: Any = dataclasses.field(default=None, compare=False)
+    video_source: str = ""  # path of an uploaded video (ControlNet broadcast input)
+    video_path: str = ""  # folder of frames; wins over video_source
+    mask_path: str = ""
+    freeinit: FreeInitParams = FreeInitParams()
+    request_id: str = ""
+    travel_interpolation: TravelInterpolation = TravelInterpolation.SLERP
+
+    @property
+    def frames(self) -> int:
+        return self.video_length or self.window.context
+
+
+# ---------------------------------------------------------------------------------------------
+# The field table: one row per argument, in the order of the UI components and positional lists.
+
+
+@dataclass(frozen=True)
+class Field:
+    """One user-facing argument: its API/infotext key, how a raw value becomes a typed one."""
+
+    key: str
+    coerce: Callable[[Any], Any]  # raw value -> typed value; raises _Rejected(allowed)
+    allowed: str  # what is allowed, for error messages and tooltips
+    get: Callable[[AnimateDiffParams], Any]  # typed value out of a params object
+    img2img_only: bool = False
+
+
+class _Rejected(Exception):
+    pass
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off", ""):
+        return False
+    raise _Rejected
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        raise _Rejected
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise _Rejected from None
+    else:
+        raise _Rejected
+    if not math.isfinite(number):
+        raise _Rejected
+    return number
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], int]:
+    def coerce(value: Any) -> int:
+        number = _number(value)
+        if not number.is_integer() or not low <= number <= high:
+            raise _Rejected
+        return int(number)
+
+    return coerce
+
+
+def _float_in(low: float, high: float) -> Callable[[Any], float]:
+    def coerce(value: Any) -> float:
+        number = _number(value)
+        if not low <= number <= high:
+            raise _Rejected
+        return number
+
+    return coerce
+
+
+def _enum(kind: type[Enum]) -> Callable[[Any], Any]:
+    by_text = {member.value.lower(): member for member in kind} | {m.name.lower(): m for m in kind}
+
+    def coerce(value: Any) -> Any:
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, str) and value.strip().lower() in by_text:
+            return by_text[value.strip().lower()]
+        raise _Rejected
+
+    return coerce
+
+
+def _interp(value: Any) -> Interp:
+    if isinstance(value, bool):  # the predecessor's XYZ axis sent True/False
+        return Interp.FILM if value else Interp.OFF
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return Interp.FILM if value.strip().lower() == "true" else Interp.OFF
+    return _enum(Interp)(value)
+
+
+_FORMAT_SEPARATORS = (",", "/", "+", "|", ";")
+
+
+def _formats(value: Any) -> tuple[ExportFormat, ...]:
+    if isinstance(value, str):
+        for separator in _FORMAT_SEPARATORS:
+            value = value.replace(separator, " ")
+        value = value.split()
+    if not isinstance(value, Sequence | set | frozenset) or isinstance(value, bytes):
+        raise _Rejected
+    one = _enum(ExportFormat)
+    formats: list[ExportFormat] = []
+    for item in value:
+        parsed = one(item)
+        if parsed not in formats:
+            formats.append(parsed)
+    if not formats:
+        raise _Rejected
+    return tuple(formats)
+
+
+def _text(max_len: int) -> Callable[[Any], str]:
+    def coerce(value: Any) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str) or len(value) > max_len:
+            raise _Rejected
+        return value.strip()
+
+    return coerce
+
+
+def _video(value: Any) -> str:
+    if isinstance(value, dict):  # some gradio versions hand over {"name": path, ...}
+        value = value.get("name") or value.get("path")
+    return _text(4096)(value)
+
+
+def _image(value: Any) -> Any:
+    if value is None or isinstance(value, str) and not value.strip():
+        return None
+    if (
+        isinstance(value, str | dict)
+        or hasattr(value, "shape")
+        or hasattr(value, "size")
+        and hasattr(value, "mode")
+    ):
+        return value
+    raise _Rejected
+
+
+def _model(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Rejected
+    return value.strip()
+
+
+def _f(key, coerce, allowed, get, img2img_only=False) -> Field:
+    return Field(key, coerce, allowed, get, img2img_only)
+
+
+FIELDS: tuple[Field, ...] = (
+    _f("model", _model, "a motion-module file name from the model folder", lambda p: p.model),
+    _f("enable", _as_bool, "true or false", lambda p: p.enable),
+    _f(
+        "video_length",
+        _int_in(0, 4096),
+        "a whole number 0..4096 (0 = context size)",
+        lambda p: p.video_length,
+    ),
+    _f("fps", _int_in(1, 240), "a whole number 1..240", lambda p: p.export.fps),
+    _f(
+        "loop_number",
+        _int_in(0, 10000),
+        "a whole number ≥ 0 (0 = loop forever)",
+        lambda p: p.export.loop_number,
+    ),
+    _f("closed_loop", _enum(ClosedLoop), "one of N, R-P, R+P, A", lambda p: p.window.closed_loop),
+    _f("batch_size", _int_in(1, 64), "a whole number 1..64 (the context size)", lambda p: p.window.context),
+    _f("stride", _int_in(1, 16), "a whole number 1..16", lambda p: p.window.stride),
+    _f(
+        "overlap",
+        _int_in(-1, 63),
+        "-1 (= context // 4) or a whole number below the context size",
+        lambda p: p.window.overlap,
+    ),
+    _f(
+        "format", _formats, "one or more of GIF, MP4, WEBP, WEBM, PNG, TXT, Frame", lambda p: p.export.formats
+    ),
+    _f("interp", _interp, "Off or FILM", lambda p: p.export.interp),
+    _f("interp_x", _int_in(1, 100), "a whole number 1..100", lambda p: p.export.interp_x),
+    _f("video_source", _video, "a video file path or nothing", lambda p: p.video_source),
+    _f("video_path", _text(4096), "a folder path or nothing", lambda p: p.video_path),
+    _f("mask_path", _text(4096), "a folder path or nothing", lambda p: p.mask_path),
+    _f("freeinit_enable", _as_bool, "true or false", lambda p: p.freeinit.enable),
+    _f(
+        "freeinit_filter",
+        _enum(FreeInitFilter),
+        "butterworth, gaussian, box or ideal",
+        lambda p: p.freeinit.filter,
+    ),
+    _f("freeinit_ds", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.freeinit.ds),
+    _f("freeinit_dt", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.freeinit.dt),
+    _f("freeinit_iters", _int_in(2, 5), "a whole number 2..5", lambda p: p.freeinit.iters),
+    _f("latent_power", _float_in(0.1, 10.0), "a number 0.1..10", lambda p: p.img2vid.latent_power, True),
+    _f("latent_scale", _float_in(1.0, 128.0), "a number 1..128", lambda p: p.img2vid.latent_scale, True),
+    _f("last_frame", _image, "an image, a base64-encoded image, or nothing", lambda p: p.last_frame, True),
+    _f(
+        "latent_power_last",
+        _float_in(0.1, 10.0),
+        "a number 0.1..10",
+        lambda p: p.img2vid.latent_power_last,
+        True,
+    ),
+    _f(
+        "latent_scale_last",
+        _float_in(1.0, 128.0),
+        "a number 1..128",
+        lambda p: p.img2vid.latent_scale_last,
+        True,
+    ),
+    _f("request_id", _text(256), "text (at most 256 characters)", lambda p: p.request_id),
+)
+FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
+_BY_KEY = {f.key: f for f in FIELDS}
+
+# Keys accepted in an API dict besides the UI fields: our own names and one setting.
+EXTRA_FIELDS: dict[str, Field] = {
+    "travel_interpolation": _f(
+        "travel_interpolation",
+        _enum(TravelInterpolation),
+        "slerp or linear",
+        lambda p: p.travel_interpolation,
+    ),
+}
+ALIASES = {"frames": "video_length", "context": "batch_size", "formats": "format"}
+# Written into infotext for the record, ignored when read back.
+INFOTEXT_ONLY_KEYS = ("mm_hash", "version")
+
+
+def field(key: str) -> Field:
+    return _BY_KEY[key] if key in _BY_KEY else EXTRA_FIELDS[key]
+
+
+def coerce_field(key: str, value: Any) -> Any:
+    """One raw value -> its typed value, or ValueError naming the field, the value and what is allowed."""
+    spec = field(ALIASES.get(key, key))
+    try:
+        return spec.coerce(value)
+    except _Rejected:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ValueError(
+            f"AnimateDiff: {spec.key} = {shown} is not allowed; expected {spec.allowed}"
+        ) from None
+
+
+def flatten(params: AnimateDiffParams) -> dict[str, Any]:
+    """Params -> {key: typed value} for every field (what the UI shows and the API would send)."""
+    return {f.key: f.get(params) for f in FIELDS} | {k: f.get(params) for k, f in EXTRA_FIELDS.items()}
+
+
+def parse_params(
+    source: Mapping[str, Any] | Sequence[Any] | None = None,
+    *,
+    base: AnimateDiffParams | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    ignore_unknown: bool = False,
+) -> AnimateDiffParams:
+    """The one parser. ``source`` is an API/infotext/XYZ dict keyed like the predecessor, or a
+    positional list in ``FIELDS`` order (the UI's values, or the API's list form); missing entries
+    keep ``base`` (defaults plus settings). ``overrides`` (XYZ axes) win over ``source``.
+    Raises ValueError naming the field, the value and what is allowed.
+    """
+    base = base or AnimateDiffParams()
+    raw: dict[str, Any] = {}
+    if source is None:
+        pass
+    elif isinstance(source, Mapping):
+        raw.update(_keyed(source, ignore_unknown))
+    elif isinstance(source, Sequence) and not isinstance(source, str | bytes):
+        if len(source) > len(FIELDS):
+            raise ValueError(
+                f"AnimateDiff: {len(source)} positional arguments given, at most {len(FIELDS)} allowed "
+                f"(in this order: {', '.join(FIELD_KEYS)}); or send one dict keyed by these names"
+            )
+        raw.update(zip(FIELD_KEYS, source, strict=False))
+    else:
+        raise ValueError(
+            f"AnimateDiff: arguments must be a dict keyed by {', '.join(FIELD_KEYS)} or a list in that "
+            f"order, not {type(source).__name__}"
+        )
+    raw.update(_keyed(overrides or {}, ignore_unknown=False))
+    values = flatten(base) | {key: coerce_field(key, value) for key, value in raw.items()}
+    return _build(values, base)
+
+
+def _keyed(source: Mapping[str, Any], ignore_unknown: bool) -> dict[str, Any]:
+    keyed: dict[str, Any] = {}
+    for key, value in source.items():
+        key = ALIASES.get(key, key)
+        if key in _BY_KEY or key in EXTRA_FIELDS:
+            keyed[key] = value
+        elif key in INFOTEXT_ONLY_KEYS or ignore_unknown:
+            continue
+        else:
+            allowed = ", ".join((*FIELD_KEYS, *EXTRA_FIELDS, *ALIASES))
+            raise ValueError(f"AnimateDiff: unknown argument {key!r}; allowed keys are {allowed}")
+    return keyed
+
+
+def _build(v: dict[str, Any], base: AnimateDiffParams) -> AnimateDiffParams:
+    if v["overlap"] >= v["batch_size"]:
+        raise ValueError(
+            f"AnimateDiff: overlap = {v['overlap']} is not allowed with context batch size "
+            f"{v['batch_size']}; expected -1 (= context // 4) or a whole number below {v['batch_size']}"
+        )
+    r = dataclasses.replace
+    return r(
+        base,
+        enable=v["enable"],
+        model=v["model"],
+        video_length=v["video_length"],
+        window=r(
+            base.window,
+            context=v["batch_size"],
+            stride=v["stride"],
+            overlap=v["overlap"],
+            closed_loop=v["closed_loop"],
+        ),
+        export=r(
+            base.export,
+            formats=v["format"],
+            fps=v["fps"],
+            loop_number=v["loop_number"],
+            interp=v["interp"],
+            interp_x=v["interp_x"],
+        ),
+        img2vid=Img2VidParams(
+            v["latent_power"], v["latent_scale"], v["latent_power_last"], v["latent_scale_last"]
+        ),
+        last_frame=v["last_frame"],
+        video_source=v["video_source"],
+        video_path=v["video_path"],
+        mask_path=v["mask_path"],
+        freeinit=FreeInitParams(
+            v["freeinit_enable"],
+            v["freeinit_filter"],
+            v["freeinit_ds"],
+            v["freeinit_dt"],
+            v["freeinit_iters"],
+        ),
+        request_id=v["request_id"],
+        travel_interpolation=v["travel_interpolation"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Infotext: writer and reader side by side. The WebUI stores the value under the key "AnimateDiff"
+# (quoted, since it holds ", " and ": "); the predecessor's values read the same way.
+
+INFOTEXT_KEY = "AnimateDiff"
+_INFOTEXT_FIELDS = (
+    "model",
+    "video_length",
+    "fps",
+    "loop_number",
+    "closed_loop",
+    "batch_size",
+    "stride",
+    "overlap",
+    "interp",
+    "interp_x",
+    "freeinit_enable",
+)
+_IMG2VID_FIELDS = ("latent_power", "latent_scale", "latent_power_last", "latent_scale_last")
+# Every field an infotext can carry back into the panel.
+INFOTEXT_FIELDS = (*_INFOTEXT_FIELDS, "request_id", *_IMG2VID_FIELDS, "enable", "format")
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return "/".join(_text_of(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def infotext_value(
+    params: AnimateDiffParams, *, is_img2img: bool = False, mm_hash: str = "", version: str = ""
+) -> str:
+    """The value written under ``AnimateDiff``: the predecessor's fields, then enable and format."""
+    flat = flatten(params)
+    items = [(key, flat[key]) for key in _INFOTEXT_FIELDS]
+    if params.request_id:
+        items.append(("request_id", params.request_id))
+    if mm_hash:
+        items.append(("mm_hash", mm_hash))
+    if is_img2img:
+        items += [(key, flat[key]) for key in _IMG2VID_FIELDS]
+    if version:
+        items.append(("version", version))
+    items += [("enable", params.enable), ("format", params.export.formats)]
+    return ", ".join(f"{key}: {_text_of(value)}" for key, value in items)
+
+
+def read_infotext(value: str) -> dict[str, str]:
+    """``"model: x, video_length: 16, ..."`` -> {"model": "x", "video_length": "16", ...}."""
+    fields: dict[str, str] = {}
+    for part in value.split(", "):
+        key, separator, text = part.partition(": ")
+        if separator:
+            fields[key.strip()] = text.strip()
+        elif fields:  # a comma inside the previous value (e.g. a model file name)
+            last = next(reversed(fields))
+            fields[last] += ", " + part
+    return fields
+
+
+def params_from_infotext(value: str, *, base: AnimateDiffParams | None = None) -> AnimateDiffParams:
+    """Pasted infotext turns AnimateDiff on: the predecessor never wrote ``enable``."""
+    fields = {"enable": "True"} | read_infotext(value)
+    return parse_params(fields, base=base, ignore_unknown=True)

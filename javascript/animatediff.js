@@ -1,0 +1,54 @@
+// AnimateDiff panel niceties (the API never depends on this file):
+// - the accordion title shows "AnimateDiff: on" while Enable is ticked, so a closed panel does not
+//   hide that the next Generate makes a video;
+// - tooltips on the panel's labels repeat the short help written under each field.
+// onUiUpdate runs from a MutationObserver over the whole page: everything here writes to the DOM
+// only when a value really changes, or the write itself would trigger the observer again, forever.
+(function () {
+    const TABS = ["txt2img", "img2img"];
+
+    function enableBox(tab) {
+        return gradioApp().querySelector(`#script_${tab}_animatediff_enable input[type=checkbox]`);
+    }
+
+    function titleSpan(tab) {
+        const accordion = gradioApp().getElementById(`script_${tab}_animatediff_accordion`);
+        return accordion ? accordion.querySelector(".label-wrap span") : null;
+    }
+
+    function showState(tab) {
+        const box = enableBox(tab);
+        const span = titleSpan(tab);
+        if (!box || !span) return;
+        const text = box.checked ? "AnimateDiff: on" : "AnimateDiff";
+        const weight = box.checked ? "bold" : "";
+        if (span.textContent !== text) span.textContent = text;
+        if (span.style.fontWeight !== weight) span.style.fontWeight = weight;
+    }
+
+    function addTooltips(tab) {
+        const root = gradioApp().getElementById(`script_${tab}_animatediff_accordion`);
+        if (!root) return;
+        root.querySelectorAll("[id^=script_] .info, [id^=script_] [data-testid=block-info]").forEach((info) => {
+            const label = info.closest("label") || info.parentElement;
+            const text = info.textContent.trim();
+            if (label && text && label.title !== text) label.title = text;
+        });
+    }
+
+    // Hooks each tab's checkbox once, as soon as it exists. showState also runs on every update
+    // (a pasted infotext ticks Enable without a change event); it is a no-op unless the state
+    // changed, so it cannot feed the observer.
+    onUiUpdate(function () {
+        for (const tab of TABS) {
+            const box = enableBox(tab);
+            if (!box) continue;
+            if (!box.dataset.animatediffWatched) {
+                box.dataset.animatediffWatched = "1";
+                box.addEventListener("change", () => showState(tab));
+                addTooltips(tab);
+            }
+            showState(tab);
+        }
+    });
+})();

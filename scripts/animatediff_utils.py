@@ -1,0 +1,57 @@
+"""Names other extensions import from us by module name (sd-webui-controlnet, HOST.md §7).
+
+``get_animatediff_arg(p)`` returns a small mutable view of this job's AnimateDiff parameters with
+the attribute names ControlNet reads (``enable``, ``video_length``, ``batch_size`` = context,
+``closed_loop``, ``video_path``...). Nothing else of ControlNet is wired up yet. Contains no
+Script class, so the WebUI registers nothing from this file.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+log = logging.getLogger("animatediff")
+
+_VIEW_ATTR = "animatediff_cn_view"  # kept on p so ControlNet's edits (is_i2i_batch) persist
+
+
+def get_animatediff_arg(p: Any) -> SimpleNamespace | None:
+    """ControlNet's probe: None when AnimateDiff is off or not configured for this ``p``."""
+    view = getattr(p, _VIEW_ATTR, None)
+    if view is not None:
+        return view
+    from scripts.animatediff_webui import args, lifecycle
+
+    job = lifecycle.job_of(p)
+    params = job.params if job is not None else None
+    if params is None:
+        script_args = args.script_args_of(p)
+        if script_args is None:
+            return None
+        try:
+            params = args.for_job(p, script_args, lifecycle.base_params())
+        except ValueError as error:  # the job itself reports it in before_process
+            log.debug("get_animatediff_arg: %s", error)
+            return None
+    if not params.enable:
+        return None
+    view = SimpleNamespace(
+        enable=True,
+        model=params.model,
+        video_length=params.frames,
+        batch_size=params.window.context,
+        stride=params.window.stride,
+        overlap=params.window.effective_overlap,
+        closed_loop=params.window.closed_loop.value,
+        fps=params.export.fps,
+        video_source=params.video_source or None,
+        video_path=params.video_path,
+        mask_path=params.mask_path,
+        is_i2i_batch=False,
+        prompt_scheduler=None,  # IP-Adapter prompt travel is not wired to ControlNet yet
+        request_id=params.request_id,
+    )
+    setattr(p, _VIEW_ATTR, view)
+    return view

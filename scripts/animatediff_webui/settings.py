@@ -1,0 +1,237 @@
+"""Settings → AnimateDiff: the options table, its registration, and reading it into defaults.
+
+Keys match the predecessor's (SPEC §2.11) where they mean the same, so existing config.json
+entries keep working. ``base_params`` turns the current option values into the
+``AnimateDiffParams`` every parse starts from; it takes a plain getter, so it runs without a WebUI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from motion_module.params import (
+    DEFAULT_MODEL,
+    AnimateDiffParams,
+    ExportFormat,
+    Fusion,
+    TravelInterpolation,
+    WindowMode,
+    coerce_field,
+)
+
+log = logging.getLogger("animatediff")
+
+SECTION = ("animatediff", "AnimateDiff")
+SAVE_FORMATS = [f.value for f in ExportFormat if f is not ExportFormat.FRAME]
+MP4_PRESETS = [
+    "",
+    "veryslow",
+    "slower",
+    "slow",
+    "medium",
+    "fast",
+    "faster",
+    "veryfast",
+    "superfast",
+    "ultrafast",
+]
+MP4_TUNES = ["", "film", "animation", "grain", "stillimage", "fastdecode", "zerolatency"]
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    label: str
+    component: str = ""  # "", "checkboxes", "slider", "dropdown", "radio", "number"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    info: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "animatediff_model_path",
+        "",
+        "Motion-module folder (empty: the extension's model/ folder)",
+        info="Searched recursively; --animatediff-model-dir on the command line wins over this",
+    ),
+    Option(
+        "animatediff_default_save_formats",
+        ["GIF", "PNG"],
+        "Default save formats",
+        "checkboxes",
+        {"choices": SAVE_FORMATS},
+        "Preselected in the panel (reload the UI to apply)",
+    ),
+    Option(
+        "animatediff_save_to_custom",
+        True,
+        "Save PNG frames into the AnimateDiff folder",
+        info="Off: frames go through the WebUI's own image saving",
+    ),
+    Option("animatediff_optimize_gif_palette", False, "GIF: one optimised global palette"),
+    Option("animatediff_optimize_gif_gifsicle", False, "GIF: optimise with gifsicle (if installed)"),
+    Option(
+        "animatediff_mp4_crf",
+        23,
+        "MP4: CRF (lower = better, bigger)",
+        "slider",
+        {"minimum": 0, "maximum": 51, "step": 1},
+    ),
+    Option("animatediff_mp4_preset", "", "MP4: x264 preset", "dropdown", {"choices": MP4_PRESETS}),
+    Option("animatediff_mp4_tune", "", "MP4: x264 tune", "dropdown", {"choices": MP4_TUNES}),
+    Option(
+        "animatediff_webp_quality", 80, "WebP: quality", "slider", {"minimum": 1, "maximum": 100, "step": 1}
+    ),
+    Option("animatediff_webp_lossless", False, "WebP: lossless"),
+    Option(
+        "animatediff_window_fusion",
+        Fusion.PYRAMID.value,
+        "Window fusion of overlapping frames",
+        "radio",
+        {"choices": [f.value for f in Fusion]},
+        "pyramid weights the window centre; flat averages",
+    ),
+    Option(
+        "animatediff_frame_budget",
+        32,
+        "Frames per UNet call when batching windows (0 = one window)",
+        "slider",
+        {"minimum": 0, "maximum": 256, "step": 1},
+        "Higher is faster and needs more memory",
+    ),
+    Option(
+        "animatediff_window_mode",
+        WindowMode.UNET.value,
+        "What runs in context windows",
+        "radio",
+        {"choices": [m.value for m in WindowMode]},
+        "unet: whole UNet per window (predecessor's behaviour); motion_module: only temporal attention",
+    ),
+    Option(
+        "animatediff_travel_interpolation",
+        TravelInterpolation.SLERP.value,
+        "Prompt travel: interpolation between keyframes",
+        "radio",
+        {"choices": [t.value for t in TravelInterpolation]},
+    ),
+    Option(
+        "animatediff_move_to_cpu",
+        False,
+        "Move the motion module to CPU between jobs",
+        info="Frees VRAM between generations; the next job moves it back",
+    ),
+)
+
+
+def register(shared: Any, gr: Any) -> None:
+    """on_ui_settings: add every option to the WebUI's options under the AnimateDiff section."""
+    components = {
+        "": None,
+        "checkboxes": gr.CheckboxGroup,
+        "slider": gr.Slider,
+        "dropdown": gr.Dropdown,
+        "radio": gr.Radio,
+        "number": gr.Number,
+    }
+    for opt in OPTIONS:
+        info = shared.OptionInfo(
+            opt.default, opt.label, components[opt.component], dict(opt.args) or None, section=SECTION
+        )
+        if opt.info:
+            info = info.info(opt.info) if hasattr(info, "info") else info
+        shared.opts.add_option(opt.key, info)
+
+
+Getter = Callable[[str, Any], Any]
+
+
+def getter(opts: Any) -> Getter:
+    """A getter over ``shared.opts`` that works before our options are registered (--nowebui)."""
+    return lambda key, default: opts.data.get(key, default)
+
+
+def value(get: Getter, key: str) -> Any:
+    return get(key, next(o.default for o in OPTIONS if o.key == key))
+
+
+def base_params(get: Getter) -> AnimateDiffParams:
+    """Defaults for every parse: the built-in defaults with the settings applied."""
+    base = AnimateDiffParams()
+    formats = coerce_field("format", value(get, "animatediff_default_save_formats") or ["GIF"])
+    export = dataclasses.replace(
+        base.export,
+        formats=formats,
+        gif_palette=bool(value(get, "animatediff_optimize_gif_palette")),
+        gifsicle=bool(value(get, "animatediff_optimize_gif_gifsicle")),
+        mp4_crf=int(value(get, "animatediff_mp4_crf")),
+        mp4_preset=str(value(get, "animatediff_mp4_preset") or ""),
+        mp4_tune=str(value(get, "animatediff_mp4_tune") or ""),
+        webp_quality=int(value(get, "animatediff_webp_quality")),
+        webp_lossless=bool(value(get, "animatediff_webp_lossless")),
+    )
+    window = dataclasses.replace(
+        base.window,
+        fusion=Fusion(value(get, "animatediff_window_fusion")),
+        frame_budget=int(value(get, "animatediff_frame_budget")),
+        mode=WindowMode(value(get, "animatediff_window_mode")),
+    )
+    travel = TravelInterpolation(value(get, "animatediff_travel_interpolation"))
+    return dataclasses.replace(base, export=export, window=window, travel_interpolation=travel)
+
+
+def model_dir(get: Getter, cmd_dir: str | None, extension_root: str) -> str:
+    """Where motion modules live: the command-line flag, else the setting, else ``<ext>/model``."""
+    folder = cmd_dir or value(get, "animatediff_model_path") or os.path.join(extension_root, "model")
+    return os.path.abspath(os.path.expanduser(folder))
+
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+def list_models(folder: str) -> list[str]:
+    """Motion-module files under ``folder`` (recursive), as sorted relative paths with '/'."""
+    found: list[str] = []
+    if not os.path.isdir(folder):
+        return found
+    for root, _dirs, files in os.walk(folder, followlinks=True):
+        for name in files:
+            if name.lower().endswith(MODEL_SUFFIXES):
+                rel = os.path.relpath(os.path.join(root, name), folder)
+                found.append(rel.replace(os.sep, "/"))
+    return sorted(found, key=str.casefold)
+
+
+def models_for_base(names: list[str], base: str | None) -> list[str]:
+    """Hide files whose names say they are for the other base model (the predecessor's rule).
+
+    Names are only a hint; loading checks the real layout and refuses a mismatch with a message.
+    """
+    if base == "sdxl":
+        return [n for n in names if not any(t in n.lower() for t in ("sd15", "sd_v1", "sd1"))]
+    if base == "sd15":
+        return [n for n in names if not any(t in n.lower() for t in ("xl", "hotshot"))]
+    return names
+
+
+def resolve_model(name: str, folder: str, base: str) -> str:
+    """A motion-module name from the panel/API -> an existing file, or an error that lists them."""
+    if name and os.path.isabs(name) and os.path.isfile(name):
+        return name
+    candidate = os.path.normpath(os.path.join(folder, name)) if name else ""
+    if candidate and os.path.isfile(candidate) and candidate.startswith(os.path.normpath(folder) + os.sep):
+        return candidate
+    available = models_for_base(list_models(folder), base)
+    if name in ("", DEFAULT_MODEL) and available:
+        log.info("AnimateDiff: %s not found; using %s", name or "no motion module chosen", available[0])
+        return os.path.join(folder, available[0])
+    listed = ", ".join(available[:10]) or "none"
+    raise ValueError(
+        f"AnimateDiff: model = {name!r} was not found in {folder}; available for this checkpoint: "
+        f"{listed}. Put motion-module files there (or set Settings → AnimateDiff → folder) and refresh"
+    )

@@ -1,0 +1,205 @@
+"""The AnimateDiff panel (gradio 3.41, as pinned by WebUI v1.10.1), built from one widget table.
+
+``build`` returns the components in ``motion_module.params.FIELDS`` order, so the UI's values,
+the API's positional list and the parser agree by construction (a test checks it). It has no side
+effects beyond creating components, so the WebUI may call it as often as it likes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from motion_module.params import (
+    FIELD_KEYS,
+    INFOTEXT_FIELDS,
+    AnimateDiffParams,
+    ClosedLoop,
+    FreeInitFilter,
+    Interp,
+    flatten,
+)
+
+from .args import PASTE_PREFIX, ui_value
+from .settings import SAVE_FORMATS
+
+
+@dataclass(frozen=True)
+class Widget:
+    kind: str  # gradio class name
+    label: str
+    help: str = ""
+    args: tuple[tuple[str, Any], ...] = ()  # extra constructor arguments
+    img2img_only: bool = False
+    hidden: bool = False  # API/infotext only (kept in the list so positions stay fixed)
+
+
+def _w(kind, label, help="", img2img_only=False, hidden=False, **args) -> Widget:
+    return Widget(kind, label, help, tuple(args.items()), img2img_only, hidden)
+
+
+WIDGETS: dict[str, Widget] = {
+    "model": _w(
+        "Dropdown", "Motion module", "Files in the motion-module folder that fit the loaded checkpoint"
+    ),
+    "enable": _w("Checkbox", "Enable AnimateDiff"),
+    "video_length": _w("Number", "Number of frames", "0 = the context batch size", precision=0, minimum=0),
+    "fps": _w("Number", "FPS", "Playback speed of the video", precision=0, minimum=1),
+    "loop_number": _w(
+        "Number", "Display loop number", "GIF/WebP repeats; 0 = forever", precision=0, minimum=0
+    ),
+    "closed_loop": _w(
+        "Radio",
+        "Closed loop",
+        "N: no loop · R-P/R+P: windows wrap (R+P also loops the prompts) · A: aggressive",
+        choices=[c.value for c in ClosedLoop],
+    ),
+    "batch_size": _w(
+        "Slider",
+        "Context batch size",
+        "Frames the motion module sees at once (16 for most modules)",
+        minimum=1,
+        maximum=64,
+        step=1,
+    ),
+    "stride": _w(
+        "Number",
+        "Stride",
+        "Extra dilated windows 1, 2, 4, …; only when frames > context",
+        precision=0,
+        minimum=1,
+    ),
+    "overlap": _w(
+        "Number",
+        "Overlap",
+        "Frames shared by neighbouring windows; -1 = context ÷ 4",
+        precision=0,
+        minimum=-1,
+    ),
+    "format": _w("CheckboxGroup", "Save format", choices=list(SAVE_FORMATS)),
+    "interp": _w(
+        "Radio",
+        "Frame interpolation",
+        "FILM if Deforum is installed, else optical flow",
+        choices=[i.value for i in Interp],
+    ),
+    "interp_x": _w("Number", "Interp X", "Each frame becomes X frames", precision=0, minimum=1),
+    "video_source": _w("Video", "Video source", "For ControlNet units without their own input"),
+    "video_path": _w("Textbox", "Video path", "Folder of frames; wins over Video source"),
+    "mask_path": _w("Textbox", "Mask path", hidden=True),
+    "freeinit_enable": _w("Checkbox", "Enable FreeInit", hidden=True),
+    "freeinit_filter": _w("Dropdown", "Filter type", hidden=True, choices=[f.value for f in FreeInitFilter]),
+    "freeinit_ds": _w("Slider", "d_s", hidden=True, minimum=0.0, maximum=1.0, step=0.125),
+    "freeinit_dt": _w("Slider", "d_t", hidden=True, minimum=0.0, maximum=1.0, step=0.125),
+    "freeinit_iters": _w("Slider", "FreeInit iterations", hidden=True, minimum=2, maximum=5, step=1),
+    "latent_power": _w(
+        "Slider",
+        "Latent power",
+        "How fast the init image fades over the frames",
+        True,
+        minimum=0.1,
+        maximum=10,
+        step=0.1,
+    ),
+    "latent_scale": _w(
+        "Slider",
+        "Latent scale",
+        "Higher keeps the init image for more frames",
+        True,
+        minimum=1,
+        maximum=128,
+        step=1,
+    ),
+    "last_frame": _w("Image", "Optional last frame", img2img_only=True, type="pil"),
+    "latent_power_last": _w(
+        "Slider", "Latent power (last frame)", img2img_only=True, minimum=0.1, maximum=10, step=0.1
+    ),
+    "latent_scale_last": _w(
+        "Slider", "Latent scale (last frame)", img2img_only=True, minimum=1, maximum=128, step=1
+    ),
+    "request_id": _w("Textbox", "Request id", hidden=True),
+}
+# Visual rows; keys not listed here are built hidden after them.
+ROWS: tuple[tuple[str, ...], ...] = (
+    ("enable",),
+    ("video_length", "fps", "loop_number"),
+    ("batch_size", "stride", "overlap"),
+    ("closed_loop",),
+    ("format",),
+    ("interp", "interp_x"),
+    ("video_source", "video_path"),
+    ("latent_power", "latent_scale"),
+    ("last_frame",),
+    ("latent_power_last", "latent_scale_last"),
+)
+
+
+@dataclass
+class Panel:
+    components: list[Any]  # in FIELD_KEYS order: what ui() returns
+    by_key: dict[str, Any]
+    infotext_fields: list[tuple[Any, str]]
+    paste_field_names: list[str]
+
+
+def build(
+    gr: Any,
+    *,
+    is_img2img: bool,
+    defaults: AnimateDiffParams,
+    model_choices: Callable[[], list[str]],
+    elem_id: Callable[[str], str],
+    tool_button: Any = None,
+) -> Panel:
+    """Create the accordion inside the current gradio Blocks context."""
+    values = {k: ui_value(v) for k, v in flatten(defaults).items()}
+    choices = model_choices()
+    if values["model"] not in choices:
+        values["model"] = choices[0] if choices else values["model"]
+    comps: dict[str, Any] = {}
+
+    def make(key: str) -> Any:
+        widget = WIDGETS[key]
+        kwargs: dict[str, Any] = dict(widget.args)
+        kwargs.update(label=widget.label, elem_id=elem_id(key))
+        kwargs["visible"] = not widget.hidden and (is_img2img or not widget.img2img_only)
+        if widget.help and widget.kind not in ("Video", "Image"):
+            kwargs["info"] = widget.help
+        if widget.kind not in ("Video", "Image"):
+            kwargs["value"] = values[key]
+        if widget.kind == "Video":
+            kwargs["source"] = "upload"
+        comps[key] = getattr(gr, widget.kind)(**kwargs)
+        return comps[key]
+
+    button = tool_button or (lambda **kw: gr.Button(size="sm", **kw))
+    with gr.Accordion("AnimateDiff", open=False, elem_id=elem_id("accordion")):
+        with gr.Row():
+            comps["model"] = gr.Dropdown(
+                label=WIDGETS["model"].label,
+                choices=choices,
+                value=values["model"],
+                allow_custom_value=True,
+                elem_id=elem_id("model"),
+            )
+            refresh = button(value="\U0001f504", elem_id=elem_id("refresh_models"))
+        for row in ROWS:
+            with gr.Row():
+                for key in row:
+                    make(key)
+        for key in FIELD_KEYS:
+            if key not in comps:
+                make(key)
+    refresh.click(fn=lambda: gr.Dropdown.update(choices=model_choices()), inputs=[], outputs=[comps["model"]])
+
+    components = [comps[key] for key in FIELD_KEYS]
+    pastable = [k for k in FIELD_KEYS if k in INFOTEXT_FIELDS and k != "request_id"]
+    if not is_img2img:
+        pastable = [k for k in pastable if not WIDGETS[k].img2img_only]
+    return Panel(
+        components=components,
+        by_key=comps,
+        infotext_fields=[(comps[k], PASTE_PREFIX + k) for k in pastable],
+        paste_field_names=[PASTE_PREFIX + k for k in pastable],
+    )

@@ -1,0 +1,475 @@
+"""The lifecycle against the real ldm UNet and small WebUI fakes: the patch session is applied and
+undone bit-exactly, on success and with a failure injected at every step; a stale session is
+closed at the next start; rejected parameters and failed setups stop the job instead of letting
+it run on as a batch of stills."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+from factories import make_mm_state_dict, make_sd15_unet, torch_threads, unet_inputs
+from safetensors.torch import save_file
+
+import scripts.animatediff_webui as adapter
+from motion_module.injection import MotionBlock
+from motion_module.spec import SPECS, Family, alphas_cumprod
+from scripts.animatediff_webui import lifecycle
+from scripts.animatediff_webui.patch_session import PatchSession
+
+FRAMES = 4
+
+
+# --- WebUI fakes -------------------------------------------------------------------------------
+
+
+class FakeState:
+    def __init__(self):
+        self.interrupted = self.skipped = False
+        self.job_count, self.job_no, self.textinfo = 1, 0, ""
+
+    def nextjob(self):
+        self.job_no += 1
+
+
+class FakeP:
+    """The parts of StableDiffusionProcessing the lifecycle touches; methods record calls."""
+
+    def __init__(self, sampler=None):
+        self.prompt, self.negative_prompt = "a cat", "lowres"
+        self.batch_size, self.n_iter = 1, 1
+        self.enable_hr, self.is_hr_pass, self.iteration, self.styles = False, False, 0, []
+        self.extra_generation_params = {}
+        self.do_not_save_grid = self.do_not_save_samples = False
+        self.outpath_samples = "/nonexistent"
+        self.sampler = sampler
+        self.calls = []
+
+    def setup_prompts(self):
+        self.calls.append("setup_prompts")
+
+    def init(self, *args):
+        self.calls.append("init")
+
+    def sample(self, *args, **kwargs):
+        self.calls.append("sample")
+        return "samples"
+
+    def close(self):
+        self.calls.append("close")
+
+
+class FakeDenoiserSeam(types.ModuleType):
+    """Stands in for H2's denoiser.install: one reversible change to the CFG denoiser."""
+
+    def __init__(self):
+        super().__init__("scripts.animatediff_webui.denoiser")
+        self.installs = []
+
+    def install(self, session, cfg_denoiser, window, layout, frames, per_frame_inputs):
+        self.installs.append((window.context, frames))
+        saved = cfg_denoiser.inner_model
+        session.step(
+            "windowed denoiser",
+            lambda: setattr(cfg_denoiser, "inner_model", ("wrapped", saved)),
+            lambda: setattr(cfg_denoiser, "inner_model", saved),
+        )
+
+
+@pytest.fixture
+def mm_dir(tmp_path_factory):
+    folder = tmp_path_factory.getbasetemp() / "motion_modules"
+    if not folder.exists():
+        folder.mkdir()
+        save_file(make_mm_state_dict(Family.V1), str(folder / "mm_sd_v15.safetensors"))
+        save_file(make_mm_state_dict(Family.V3, seed=1), str(folder / "v3_sd15_mm.safetensors"))
+        save_file(make_mm_state_dict(Family.SDXL_BETA), str(folder / "mm_sdxl_v10_beta.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny UNet calls are dominated by thread overhead on a shared 2-core machine."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return make_sd15_unet()
+
+
+@pytest.fixture
+def webui(monkeypatch, mm_dir, unet):
+    """Fake ``modules.shared`` / ``modules.devices`` in sys.modules, an SD1.5 model on the real UNet."""
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    sd_model = SimpleNamespace(
+        model=SimpleNamespace(diffusion_model=unet),
+        alphas_cumprod=alphas,
+        alphas_cumprod_original=alphas,
+        is_sd1=True,
+        is_sd2=False,
+        is_sdxl=False,
+        is_sd3=False,
+        network_layer_mapping={"diffusion_model_out_0": unet.out[0]},
+        sd_checkpoint_info=SimpleNamespace(name_for_extra="tiny-sd15"),
+    )
+    shared = types.ModuleType("modules.shared")
+    shared.opts = SimpleNamespace(data={"animatediff_model_path": str(mm_dir)})
+    shared.cmd_opts = SimpleNamespace()
+    shared.sd_model = sd_model
+    shared.state = FakeState()
+    devices = types.ModuleType("modules.devices")
+    devices.device, devices.dtype, devices.dtype_unet = torch.device("cpu"), torch.float32, torch.float32
+    modules = types.ModuleType("modules")
+    modules.shared, modules.devices = shared, devices
+    for name, module in (("modules", modules), ("modules.shared", shared), ("modules.devices", devices)):
+        monkeypatch.setitem(sys.modules, name, module)
+    seam = FakeDenoiserSeam()
+    monkeypatch.setitem(sys.modules, "scripts.animatediff_webui.denoiser", seam)
+    monkeypatch.setattr(adapter, "denoiser", seam, raising=False)
+    exported = []
+    monkeypatch.setattr(
+        lifecycle.output,
+        "export_processed",
+        lambda p, processed, params, **kw: exported.append((params, kw)) or SimpleNamespace(errors=[]),
+    )
+    yield SimpleNamespace(shared=shared, sd_model=sd_model, unet=unet, seam=seam, exported=exported)
+    lifecycle.close_stale("test teardown")
+
+
+def snapshot(sd_model, unet):
+    """Everything the session may touch, by value and by identity."""
+    return {
+        "modules": [(name, id(m)) for name, m in unet.named_modules()],
+        "tensors": {k: v.clone() for k, v in unet.state_dict().items()},
+        "own_forwards": [name for name, m in unet.named_modules() if "forward" in m.__dict__],
+        "alphas": (id(sd_model.alphas_cumprod), id(sd_model.alphas_cumprod_original)),
+        "mapping": dict(sd_model.network_layer_mapping),
+        "output": run_unet(unet),
+    }
+
+
+def run_unet(unet):
+    x, t, context = unet_inputs(2 * FRAMES, size=8)
+    with torch.no_grad():
+        return unet(x, t, context=context)
+
+
+def assert_unchanged(before, sd_model, unet):
+    after = snapshot(sd_model, unet)
+    assert after["modules"] == before["modules"]
+    assert after["own_forwards"] == before["own_forwards"]
+    assert after["alphas"] == before["alphas"]
+    assert after["mapping"] == before["mapping"]
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for key, value in before["tensors"].items():
+        assert torch.equal(after["tensors"][key], value), key
+    assert torch.equal(after["output"], before["output"])
+
+
+def api_args(**values):
+    return [
+        {"enable": True, "video_length": FRAMES, "batch_size": FRAMES, "model": "mm_sd_v15.safetensors"}
+        | values
+    ]
+
+
+def start(p, args, is_img2img=False):
+    lifecycle.before_process(p, args, is_img2img)
+    lifecycle.process(p)
+    p.sampler = p.sampler or SimpleNamespace(model_wrap_cfg=SimpleNamespace(inner_model="inner"))
+    lifecycle.process_before_every_sampling(p)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_success_applies_every_step_and_postprocess_restores_bit_identical(webui):
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, api_args())
+    job = lifecycle.job_of(p)
+    assert job is not None and job.error is None
+    assert p.batch_size == FRAMES and p.do_not_save_grid
+    assert (
+        "AnimateDiff" in p.extra_generation_params and "mm_hash: " in p.extra_generation_params["AnimateDiff"]
+    )
+    # While open: motion blocks in the UNet, the family's schedule, Lora names, wrapped denoiser.
+    assert (
+        sum(isinstance(m, MotionBlock) for m in webui.unet.modules()) == 20
+    )  # v1: 2 per down level + 3 per up level, no mid block
+    assert webui.sd_model.alphas_cumprod is webui.sd_model.alphas_cumprod_original
+    assert torch.equal(webui.sd_model.alphas_cumprod, alphas_cumprod(SPECS[Family.V1]))
+    mapping = webui.sd_model.network_layer_mapping
+    proj_in = mapping["diffusion_model_down_blocks_0_motion_modules_0_temporal_transformer_proj_in"]
+    assert (
+        proj_in
+        is job.loaded.model.site_modules()["down_blocks.0.motion_modules.0"].temporal_transformer.proj_in
+    )
+    assert proj_in.network_layer_name in mapping and mapping[proj_in.network_layer_name] is proj_in
+    assert p.sampler.model_wrap_cfg.inner_model[0] == "wrapped"
+    assert webui.seam.installs == [(FRAMES, FRAMES)]
+    with job.layout.using(FRAMES):
+        assert not torch.equal(run_unet(webui.unet), before["output"])  # frames now influence each other
+    assert p.sample() == "samples"
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    assert len(webui.exported) == 1 and webui.exported[0][1]["frames_per_video"] == FRAMES
+    assert lifecycle.job_of(p) is None
+    assert_unchanged(before, webui.sd_model, webui.unet)
+    assert p.sampler.model_wrap_cfg.inner_model == "inner"
+    assert type(p) is FakeP and "close" not in p.__dict__ and "sample" not in p.__dict__  # p is plain again
+
+
+def count_steps(webui):
+    names = []
+    real_step = PatchSession.step
+
+    def recording(self, name, apply, undo):
+        names.append(name)
+        return real_step(self, name, apply, undo)
+
+    PatchSession.step = recording
+    try:
+        p = FakeP()
+        start(p, api_args())
+        lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    finally:
+        PatchSession.step = real_step
+    return names
+
+
+def test_failure_at_every_step_leaves_unet_bit_identical_and_stops_the_job(webui, monkeypatch):
+    names = count_steps(webui)
+    assert {"inject motion module", "beta schedule", "Lora layer names", "windowed denoiser"} <= set(names)
+    before = snapshot(webui.sd_model, webui.unet)
+    real_step = PatchSession.step
+    for failing in range(len(names)):
+        calls = []
+
+        def step(self, name, apply, undo, failing=failing, calls=calls):
+            calls.append(name)
+            if len(calls) - 1 == failing:
+                raise RuntimeError(f"injected failure at {name}")
+            return real_step(self, name, apply, undo)
+
+        monkeypatch.setattr(PatchSession, "step", step)
+        p = FakeP()
+        start(p, api_args())
+        monkeypatch.setattr(PatchSession, "step", real_step)
+        # The job never runs on as stills: whatever the WebUI calls next raises our error.
+        with pytest.raises(
+            lifecycle.AnimateDiffError, match=re.escape(f"injected failure at {names[failing]}")
+        ):
+            p.sample()
+        p.close()  # processing always closes p
+        assert lifecycle.job_of(p) is None
+        assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+def test_exception_mid_sampling_is_cleaned_up_by_p_close(webui):
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, api_args())
+    assert lifecycle.job_of(p) is not None  # sampling "raises": postprocess is never called
+    p.close()
+    assert p.calls[-1] == "close"  # the WebUI's own close still runs
+    assert lifecycle.job_of(p) is None
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+def test_stale_session_is_closed_at_the_next_job_start(webui):
+    before = snapshot(webui.sd_model, webui.unet)
+    stale = FakeP()
+    start(stale, api_args())  # neither postprocess nor close ever comes
+    fresh = FakeP()
+    lifecycle.before_process(fresh, [{"enable": False}], False)
+    assert lifecycle.job_of(stale) is None and lifecycle.job_of(fresh) is None
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+def test_unload_hook_closes_the_session(webui):
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, api_args())
+    lifecycle.on_script_unloaded()
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (api_args(fps=0), "fps = 0 is not allowed; expected a whole number 1..240"),
+        (api_args(closed_loop="Q"), "closed_loop = 'Q'"),
+        (api_args(overlap=9), "overlap = 9"),
+        (api_args(model="missing.safetensors"), "model = 'missing.safetensors' was not found"),
+        (
+            api_args(model="mm_sdxl_v10_beta.safetensors"),
+            "SDXL motion module, but the loaded checkpoint is SD1.5",
+        ),
+        (api_args(batch_size=32, video_length=40), "this motion module has only 24 position slots"),
+    ],
+)
+def test_rejected_params_stop_the_job_with_the_message(webui, args, message):
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, args)
+    for step in (p.setup_prompts, p.init, p.sample):
+        with pytest.raises(
+            lifecycle.AnimateDiffError, match=message.replace("(", r"\(").replace(".", r"\.")
+        ) as caught:
+            step()
+        assert caught.value.status_code == 422 and caught.value.detail == str(caught.value)
+    assert "sample" not in p.calls
+    p.close()
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+def test_validation_errors_are_http_422(webui):
+    p = FakeP()
+    start(p, api_args(stride=0))
+    with pytest.raises(lifecycle.AnimateDiffError) as caught:
+        p.setup_prompts()
+    assert caught.value.status_code == 422 and "stride = 0" in caught.value.detail
+
+
+def test_unsupported_checkpoint_stops_the_job(webui):
+    webui.sd_model.is_sd1, webui.sd_model.is_sd2 = False, True
+    p = FakeP()
+    start(p, api_args())
+    with pytest.raises(lifecycle.AnimateDiffError, match="SD2 checkpoints have no motion modules"):
+        p.init()
+
+
+def test_disabled_panel_with_an_invalid_value_does_not_stop_plain_generation(webui):
+    p = FakeP()
+    ui_values = ["mm_sd_v15.safetensors", False, 16, 0]  # fps 0 while AnimateDiff is off
+    start(p, ui_values)
+    assert lifecycle.job_of(p) is None
+    assert p.setup_prompts() is None and p.sample() == "samples"
+
+
+def test_failure_inside_a_sampling_pass_stops_the_sampler(webui, monkeypatch):
+    before = snapshot(webui.sd_model, webui.unet)
+
+    def broken_install(*args, **kwargs):
+        raise RuntimeError("window schedule exploded")
+
+    monkeypatch.setattr(webui.seam, "install", broken_install)
+    sampler = SimpleNamespace(model_wrap_cfg=SimpleNamespace(inner_model="inner"))
+    p = FakeP(sampler=sampler)
+    start(p, api_args())
+    with pytest.raises(lifecycle.AnimateDiffError, match="window schedule exploded"):
+        sampler.sample()
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+def test_error_in_cfg_callback_interrupts_and_surfaces_from_sample(webui, monkeypatch):
+    p = FakeP()
+    start(p, api_args())
+
+    def broken(session, params):
+        raise RuntimeError("bad conditioning")
+
+    monkeypatch.setattr(lifecycle.conditioning, "on_cfg_denoiser", broken)
+    lifecycle.on_cfg_denoiser(SimpleNamespace(denoiser=SimpleNamespace(p=p, inner_model="inner")))
+    assert webui.shared.state.interrupted
+    with pytest.raises(
+        lifecycle.AnimateDiffError, match="sampling setup failed: RuntimeError: bad conditioning"
+    ):
+        p.sample()
+    p.close()
+
+
+def test_checkpoint_switch_between_jobs(webui):
+    first = FakeP()
+    start(first, api_args())
+    lifecycle.postprocess(first, SimpleNamespace(images=[]))
+    other = make_sd15_unet(seed=3)
+    webui.sd_model.model.diffusion_model = other
+    before = snapshot(webui.sd_model, other)
+    second = FakeP()
+    start(second, api_args(model="v3_sd15_mm.safetensors"))
+    assert lifecycle.job_of(second).host.unet is other
+    assert any(isinstance(m, MotionBlock) for m in other.modules())
+    lifecycle.postprocess(second, SimpleNamespace(images=[]))
+    assert_unchanged(before, webui.sd_model, other)
+
+
+def test_model_swap_mid_job_is_refused(webui):
+    p = FakeP()
+    start(p, api_args())
+    webui.sd_model.model.diffusion_model = make_sd15_unet(seed=5)
+    lifecycle.before_hr(p)
+    with pytest.raises(lifecycle.AnimateDiffError, match="checkpoint changed during the job"):
+        p.sample()
+
+
+def test_img2img_init_image_count_must_fit_the_frames(webui):
+    p = FakeP()
+    p.init_images = ["a", "b"]
+    start(p, api_args(), is_img2img=True)
+    with pytest.raises(lifecycle.AnimateDiffError, match="2 init images for 4 frames"):
+        p.setup_prompts()
+
+
+def test_export_progress_and_png_through_webui(webui):
+    webui.shared.opts.data["animatediff_save_to_custom"] = False
+    p = FakeP()
+    start(p, api_args(format=["GIF", "PNG"]))
+    assert not p.do_not_save_samples  # the WebUI saves the PNG frames itself
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    params, _ = webui.exported[-1]
+    assert [f.value for f in params.formats] == ["GIF"]
+    assert webui.shared.state.job_no == 1 and webui.shared.state.job_count == 2
+
+
+def test_real_denoiser_seam_wraps_and_unwraps_the_inner_model(webui, monkeypatch):
+    import importlib
+
+    monkeypatch.delitem(sys.modules, "scripts.animatediff_webui.denoiser")
+    real = importlib.import_module("scripts.animatediff_webui.denoiser")
+    assert hasattr(real, "WindowedForward")
+    monkeypatch.setattr(adapter, "denoiser", real)
+
+    class Inner:
+        def forward(self, x, sigma, **kwargs):
+            return x
+
+    inner = Inner()
+    sampler = SimpleNamespace(model_wrap_cfg=SimpleNamespace(inner_model=inner, step=0))
+    p = FakeP(sampler=sampler)
+    start(p, api_args())
+    assert "forward" in inner.__dict__  # windowed for this pass
+    cfg = SimpleNamespace(
+        denoiser=SimpleNamespace(p=p, inner_model=inner, step=0), text_cond=None, text_uncond=None
+    )
+    monkeypatch.setattr(lifecycle.conditioning, "on_cfg_denoiser", lambda session, params: None)
+    lifecycle.on_cfg_denoiser(cfg)  # the same denoiser again: a no-op, no error
+    assert lifecycle.job_of(p).error is None
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    assert "forward" not in inner.__dict__
+
+
+def test_copies_of_p_are_not_the_job(webui):
+    """X/Y/Z cells and ADetailer copy p (with our attributes); a copy neither owns nor closes the
+    job, and a generation nested in the job runs without AnimateDiff."""
+    import copy
+
+    p = FakeP()
+    start(p, api_args())
+    job = lifecycle.job_of(p)
+    nested = copy.copy(p)
+    nested.calls = []
+    assert lifecycle.job_of(nested) is None
+    assert nested.sample() == "samples" and nested.calls == ["sample"]
+    lifecycle.before_process(nested, api_args(), False)  # ADetailer re-enters process_images
+    assert lifecycle.job_of(nested) is None and lifecycle.job_of(p) is job and nested.batch_size == FRAMES
+    nested.close()
+    assert nested.calls[-1] == "close" and lifecycle.job_of(p) is job
+    p.close()
+    assert lifecycle.job_of(p) is None and p.calls[-1] == "close"
