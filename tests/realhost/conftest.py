@@ -1,0 +1,184 @@
+"""Fixtures of the real-host tier: a real WebUI v1.10.1 on CPU with this extension installed.
+
+Runs only when ``SD_WEBUI_DIR`` points at a WebUI checkout (and ``SD_WEBUI_PYTHON`` names its
+interpreter, default ``$SD_WEBUI_DIR/venv/bin/python``); otherwise every test here is skipped with
+the reason. Everything the server needs is made at test time in a temp folder: a tiny
+random-weight checkpoint (from the checkout's own config), a random motion module with the real
+key layout, a private data dir whose extensions/ links this repository and a test-only
+fault-injection extension.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from realhost_server import MM_IDENTITY, MM_NAME, PLAIN, WebUIServer, decode_image
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+EXTENSION_NAME = "sd-webui-animatediff-next"
+
+
+def _webui_dir() -> Path | None:
+    value = os.environ.get("SD_WEBUI_DIR")
+    return Path(value).resolve() if value else None
+
+
+def _webui_python(webui: Path) -> str:
+    return os.environ.get("SD_WEBUI_PYTHON") or str(webui / "venv" / "bin" / "python")
+
+
+def skip_reason() -> str | None:
+    webui = _webui_dir()
+    if webui is None:
+        return (
+            "real-host tier: set SD_WEBUI_DIR to a WebUI v1.10.1 checkout (and SD_WEBUI_PYTHON to its python)"
+        )
+    if not (webui / "launch.py").is_file() or not (webui / "modules" / "processing.py").is_file():
+        return f"real-host tier: SD_WEBUI_DIR={webui} is not a WebUI checkout (no launch.py/modules)"
+    python = _webui_python(webui)
+    if not os.access(python, os.X_OK):
+        return f"real-host tier: WebUI interpreter {python} not found; set SD_WEBUI_PYTHON"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = skip_reason()
+    if reason is None:
+        return
+    marker = pytest.mark.skip(reason=reason)
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(marker)
+
+
+def pytest_report_header(config):
+    reason = skip_reason()
+    return reason or f"real-host tier: WebUI at {_webui_dir()} with {_webui_python(_webui_dir())}"
+
+
+# --- assets ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def realhost_root():
+    """Our own temp folder, not pytest's basetemp: pytest runs elsewhere on the machine prune
+    old basetemps, which would pull the files from under a running server. Kept when
+    SD_WEBUI_KEEP=1 (server logs are in data-*/webui-*.log)."""
+    root = Path(tempfile.mkdtemp(prefix="realhost-"))
+    yield root
+    if os.environ.get("SD_WEBUI_KEEP") != "1":
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(realhost_root) -> Path:
+    """Tiny random SD1.5 checkpoint + same-named yaml, built by the WebUI's own interpreter; a
+    second one (``SECOND_CHECKPOINT``, other weights) sits beside it for checkpoint switches."""
+    webui = _webui_dir()
+    out = subprocess.run(
+        [
+            _webui_python(webui),
+            str(HERE / "make_assets.py"),
+            "--webui",
+            str(webui),
+            "--out",
+            str(realhost_root),
+            "--second",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, f"make_assets.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    paths = [Path(line) for line in out.stdout.splitlines() if line.endswith(".safetensors")]
+    assert len(paths) == 2 and all(p.is_file() and p.with_suffix(".yaml").is_file() for p in paths), (
+        out.stdout
+    )
+    return paths[0]
+
+
+@pytest.fixture(scope="session")
+def motion_module_dir(realhost_root) -> Path:
+    """A random v3-family motion module at the tiny UNet's widths (32, 64, 128, 128), and its
+    identity twin (proj_out zeroed), the control for "the motion module acts on the frames"."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from safetensors.torch import save_file
+
+    from tests.factories import MINI_SD15, make_mm_state_dict
+
+    folder = realhost_root / "motion-modules"
+    folder.mkdir()
+    state = make_mm_state_dict("v3", widths=MINI_SD15, std=0.05, seed=7)
+    save_file(state, str(folder / MM_NAME))
+    identity = {k: (v.zero_() if ".proj_out." in k else v) for k, v in state.items()}
+    save_file(identity, str(folder / MM_IDENTITY))
+    return folder
+
+
+def make_data_dir(root: Path, name: str, mm_dir: Path) -> Path:
+    """A private --data-dir: settings (motion-module folder), this repo and the fault injector as
+    extensions. The WebUI checkout itself is never written to."""
+    data = root / name
+    (data / "extensions").mkdir(parents=True)
+    (data / "extensions" / EXTENSION_NAME).symlink_to(REPO, target_is_directory=True)
+    shutil.copytree(HERE / "fault_extension", data / "extensions" / "zz-realhost-fault")
+    (data / "config.json").write_text(json.dumps({"animatediff_model_path": str(mm_dir)}))
+    return data
+
+
+def start_server(root: Path, name: str, ckpt: Path, mm_dir: Path, api_only: bool):
+    webui = _webui_dir()
+    server = WebUIServer(
+        webui_dir=webui,
+        python=_webui_python(webui),
+        data_dir=make_data_dir(root, name, mm_dir),
+        ckpt=ckpt,
+        api_only=api_only,
+        threads=os.environ.get("SD_WEBUI_THREADS", "1"),
+    )
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def api_server(realhost_root, checkpoint, motion_module_dir):
+    """API-only server (--nowebui). ``server.fresh_plain`` is the PLAIN job's images from the
+    freshly started server, before any AnimateDiff job ran."""
+    server = start_server(realhost_root, "data-api", checkpoint, motion_module_dir, api_only=True)
+    try:
+        body = server.generate("/sdapi/v1/txt2img", PLAIN)
+        server.fresh_plain = [decode_image(b) for b in body["images"]]
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ui_server(realhost_root, checkpoint, motion_module_dir):
+    """Full server with the gradio UI (no --nowebui), for the browser test."""
+    server = start_server(realhost_root, "data-ui", checkpoint, motion_module_dir, api_only=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    path = REPO / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,149 @@
+"""Builds the WebUI-side test assets at test time: a tiny random-weight SD1.5 checkpoint.
+
+Runs under the WebUI's own interpreter (``SD_WEBUI_PYTHON``) so the checkpoint is made from the
+checkout's ldm classes and its ``configs/v1-inference.yaml``, scaled down (UNet and VAE 32
+channels, a 2-layer 64-wide text encoder) so a 64×64 txt2img step takes milliseconds on CPU. The
+CLIP tokenizer files are derived from the BPE vocabulary open-clip-torch ships: no hub access.
+
+    python make_assets.py --webui /path/to/webui --out /tmp/dir [--second]   # prints the paths
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import sys
+
+TEXT_WIDTH = 64  # text-encoder hidden size = UNet context_dim
+
+
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2/CLIP byte-level BPE alphabet in vocabulary order: printable bytes first (as
+    themselves), then the other bytes as code points from 256 up, so every byte has a visible,
+    whitespace-free symbol."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + i) for i, b in enumerate(others)})
+    return table
+
+
+def write_tokenizer(out_dir: str) -> None:
+    """vocab.json + merges.txt for CLIP ViT-L/14 (49408 tokens), from open_clip's BPE file."""
+    import open_clip
+
+    bpe = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    with gzip.open(bpe, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]  # first line is a header; CLIP keeps 48894 merges
+    symbols = list(byte_alphabet().values())
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as fh:
+        json.dump({t: i for i, t in enumerate(tokens)}, fh, ensure_ascii=False)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def write_text_config(out_dir: str) -> None:
+    from transformers import CLIPTextConfig
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=4 * TEXT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=TEXT_WIDTH,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    config.save_pretrained(out_dir)
+
+
+def scaled_config(webui: str, text_dir: str):
+    """The checkout's v1-inference.yaml with every width divided by ten (GroupNorm needs 32)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(os.path.join(webui, "configs", "v1-inference.yaml"))
+    unet = cfg.model.params.unet_config.params
+    unet.model_channels = 32
+    unet.context_dim = TEXT_WIDTH
+    unet.use_checkpoint = False
+    vae = cfg.model.params.first_stage_config.params.ddconfig
+    vae.ch = 32  # four levels stay: the latent factor must stay 8
+    vae.num_res_blocks = 1
+    cfg.model.params.cond_stage_config.params = {"version": text_dir}
+    return cfg
+
+
+def randomize(module, seed: int) -> None:
+    """Fill zero-initialised layers (ldm's output convs) with small random values: a UNet that
+    predicts zeros would hide whether a motion module changes anything."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in module.named_parameters():
+            if p.ndim > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5 / math.sqrt(p[0].numel()))
+
+
+def build_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sd15", seed: int = 0) -> str:
+    sys.path.insert(0, os.path.join(webui, "repositories", "stable-diffusion-stability-ai"))
+    import torch
+    from ldm.util import instantiate_from_config
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_dir = os.path.join(out_dir, "clip-tiny")
+    write_tokenizer(text_dir)
+    write_text_config(text_dir)
+    cfg = scaled_config(webui, text_dir)
+
+    torch.manual_seed(seed)
+    unet = instantiate_from_config(cfg.model.params.unet_config)
+    vae = instantiate_from_config(cfg.model.params.first_stage_config)
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(text_dir))
+    randomize(unet, seed + 1)
+    randomize(vae, seed + 2)
+    state = {}
+    for prefix, module in (
+        ("model.diffusion_model.", unet),
+        ("first_stage_model.", vae),
+        ("cond_stage_model.transformer.", text),
+    ):
+        state.update({prefix + k: v.detach().float().contiguous() for k, v in module.state_dict().items()})
+
+    ckpt_dir = os.path.join(out_dir, "Stable-diffusion")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, name + ".safetensors")
+    save_file(state, path)
+    OmegaConf.save(cfg, os.path.join(ckpt_dir, name + ".yaml"))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--webui", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--second", action="store_true", help="also a second checkpoint (other weights)")
+    args = parser.parse_args()
+    print(build_checkpoint(args.webui, args.out))
+    if args.second:
+        print(build_checkpoint(args.webui, args.out, "tiny-random-sd15-b", seed=100))
+
+
+if __name__ == "__main__":
+    main()

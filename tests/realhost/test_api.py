@@ -1,0 +1,308 @@
+"""Real host, API: AnimateDiff jobs on a real WebUI v1.10.1, and proof that none leaves it changed.
+
+Each AnimateDiff job is tiny (64×64, 2-3 steps, random weights); the leak checks compare a plain
+txt2img after the job with the same job run on the freshly started server, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from realhost_server import (
+    MM_IDENTITY,
+    MM_NAME,
+    PLAIN,
+    SECOND_CHECKPOINT,
+    decode_image,
+    encode_image,
+    info_of,
+)
+
+pytestmark = pytest.mark.realhost
+
+FAULT_MARKER = "realhost-inject-fault"  # see fault_extension/scripts/realhost_fault.py
+
+
+def ad_args(**fields) -> dict:
+    return {"AnimateDiff": {"args": [{"enable": True, "model": MM_NAME, "format": ["GIF"], **fields}]}}
+
+
+def ad_job(frames: int, steps: int = 2, **fields) -> dict:
+    return {
+        "prompt": "a photo of a cat",
+        "negative_prompt": "",
+        "seed": 99,
+        "sampler_name": "Euler",
+        "steps": steps,
+        "cfg_scale": 7,
+        "width": 64,
+        "height": 64,
+        "alwayson_scripts": ad_args(video_length=frames, **fields),
+    }
+
+
+def gif_frames(b64: str) -> list[Image.Image]:
+    image = decode_image(b64)
+    assert image.format == "GIF", f"first API image is {image.format}, expected the GIF"
+    frames = []
+    for i in range(image.n_frames):
+        image.seek(i)
+        frames.append(image.convert("RGB"))
+    return frames
+
+
+def assert_video(body: dict, frames: int, size=(64, 64)) -> list[Image.Image]:
+    assert body["images"], "no images returned"
+    video = gif_frames(body["images"][0])
+    assert len(video) == frames, f"GIF has {len(video)} frames, expected {frames}"
+    assert all(f.size == size for f in video)
+    arrays = [np.asarray(f, dtype=np.int16) for f in video]
+    assert any(np.abs(a - arrays[0]).mean() > 1.0 for a in arrays[1:]), "all frames are the same picture"
+    infotext = (info_of(body).get("infotexts") or [""])[0]
+    assert "AnimateDiff" in infotext, f"no AnimateDiff entry in the infotext: {infotext!r}"
+    return video
+
+
+def pixels(images: list[Image.Image]) -> list[np.ndarray]:
+    return [np.asarray(im.convert("RGB")) for im in images]
+
+
+def assert_plain_unchanged(server, after: str) -> None:
+    body = server.generate("/sdapi/v1/txt2img", PLAIN)
+    now = pixels([decode_image(b) for b in body["images"]])
+    fresh = pixels(server.fresh_plain)
+    assert len(now) == len(fresh), (
+        f"plain txt2img after {after} returned {len(now)} images, fresh {len(fresh)}"
+    )
+    for i, (a, b) in enumerate(zip(now, fresh, strict=True)):
+        diff = np.abs(a.astype(np.int16) - b).max()
+        assert np.array_equal(a, b), (
+            f"plain txt2img after {after} differs from a fresh start (image {i}, max |Δ| = {diff}):"
+            " the WebUI was left changed"
+        )
+
+
+# --- the harness itself ---------------------------------------------------------------------------
+
+
+def test_plain_txt2img_is_deterministic(api_server):
+    assert len(api_server.fresh_plain) == PLAIN["batch_size"]
+    assert all(im.size == (64, 64) for im in api_server.fresh_plain)
+    assert_plain_unchanged(api_server, "another plain txt2img")
+
+
+def test_script_is_registered(api_server):
+    scripts = api_server.get("/sdapi/v1/scripts").json()
+    assert "animatediff" in scripts["txt2img"] and "animatediff" in scripts["img2img"], scripts
+
+
+# --- AnimateDiff jobs ------------------------------------------------------------------------------
+
+
+def test_txt2img_16_frames_returns_16_frame_gif(api_server):
+    body = api_server.generate("/sdapi/v1/txt2img", ad_job(16, batch_size=16))
+    assert_video(body, 16)
+    assert_plain_unchanged(api_server, "a 16-frame AnimateDiff job")
+
+
+def frames_of(body: dict, count: int) -> list[np.ndarray]:
+    """The ``Frame`` images that follow the GIF in an API answer."""
+    images = [decode_image(b) for b in body["images"][1:]]
+    assert len(images) == count, f"expected {count} frames after the GIF, got {len(images)}"
+    return pixels(images)
+
+
+def test_motion_module_couples_the_frames(api_server):
+    """Frame i of seed s+1 and frame i+1 of seed s start from the same noise. Without a motion
+    module they come out equal; with one they differ, because each frame sees its neighbours and
+    its position. The identity module (proj_out zeroed) is the control: same path, no effect.
+    (Measured here: control 0.0, random module ~1.2 levels mean per frame; unrelated frames ~48.)"""
+
+    def video(model: str, seed: int) -> list[np.ndarray]:
+        job = ad_job(8, batch_size=8, model=model, format=["GIF", "Frame"])
+        job["seed"] = seed
+        return [f.astype(np.int16) for f in frames_of(api_server.generate("/sdapi/v1/txt2img", job), 8)]
+
+    def shifted_gap(first: list[np.ndarray], second: list[np.ndarray]) -> float:
+        return float(np.mean([np.abs(second[i] - first[i + 1]).mean() for i in range(7)]))
+
+    identity = video(MM_IDENTITY, 500)
+    control = shifted_gap(identity, video(MM_IDENTITY, 501))
+    real = video(MM_NAME, 500)
+    coupling = shifted_gap(real, video(MM_NAME, 501))
+    effect = float(np.mean([np.abs(r - i).mean() for r, i in zip(real, identity, strict=True)]))
+    assert control <= 0.25, f"identity motion module: shifted frames differ by {control:.2f} levels"
+    assert effect >= 3.0, f"the motion module's output barely reaches the frames ({effect:.2f} levels)"
+    assert coupling >= 0.6, f"frames are not coupled: shifted frames differ by only {coupling:.2f} levels"
+
+
+def test_txt2img_24_frames_with_context_16(api_server):
+    body = api_server.generate("/sdapi/v1/txt2img", ad_job(24, batch_size=16, overlap=4))
+    assert_video(body, 24)
+
+
+def test_img2img_from_init_image(api_server):
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    init = Image.fromarray(
+        np.stack(
+            [np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)), np.full((64, 64), 128, np.uint8)],
+            axis=-1,
+        )
+    )
+    job = ad_job(8, steps=3, batch_size=8)
+    job.update(init_images=[encode_image(init)], denoising_strength=0.6)
+    body = api_server.generate("/sdapi/v1/img2img", job)
+    assert_video(body, 8)
+    assert_plain_unchanged(api_server, "an img2img AnimateDiff job")
+
+
+def test_predecessor_payload_works_unchanged(api_server):
+    """The predecessor's documented API payload (SPEC §2.1): every key, its example values."""
+    predecessor = {
+        "model": MM_NAME,
+        "format": ["GIF"],
+        "enable": True,
+        "video_length": 16,
+        "fps": 8,
+        "loop_number": 0,
+        "closed_loop": "R+P",
+        "batch_size": 16,
+        "stride": 1,
+        "overlap": -1,
+        "interp": "Off",
+        "interp_x": 10,
+        "video_source": None,
+        "video_path": "",
+        "mask_path": "",
+        "freeinit_enable": False,
+        "freeinit_filter": "butterworth",
+        "freeinit_ds": 0.25,
+        "freeinit_dt": 0.25,
+        "freeinit_iters": 3,
+        "latent_power": 1,
+        "latent_scale": 32,
+        "last_frame": None,
+        "latent_power_last": 1,
+        "latent_scale_last": 32,
+        "request_id": "realhost",
+    }
+    job = ad_job(16)
+    job["alwayson_scripts"] = {"AnimateDiff": {"args": [predecessor]}}
+    body = api_server.generate("/sdapi/v1/txt2img", job)
+    assert_video(body, 16)
+    infotext = info_of(body)["infotexts"][0]
+    assert "request_id: realhost" in infotext, infotext
+
+
+def test_hires_fix_runs_with_the_motion_module(api_server):
+    job = ad_job(8, batch_size=8)
+    job.update(
+        enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5
+    )
+    assert_video(api_server.generate("/sdapi/v1/txt2img", job), 8, size=(128, 128))
+    assert_plain_unchanged(api_server, "a hires-fix AnimateDiff job")
+
+
+def test_checkpoint_switch_between_jobs(api_server):
+    """A job on another checkpoint (the WebUI loads it, then restores the first one): the motion
+    module follows the model, and the first model comes back untouched."""
+    job = ad_job(8, batch_size=8)
+    job["override_settings"] = {"sd_model_checkpoint": SECOND_CHECKPOINT}
+    other = assert_video(api_server.generate("/sdapi/v1/txt2img", job), 8)
+    first = assert_video(api_server.generate("/sdapi/v1/txt2img", ad_job(8, batch_size=8)), 8)
+    gap = np.mean(
+        [np.abs(np.asarray(a, np.int16) - np.asarray(b)).mean() for a, b in zip(other, first, strict=True)]
+    )
+    assert gap > 5.0, "the job on the second checkpoint looks like the first checkpoint's"
+    assert_plain_unchanged(api_server, "AnimateDiff jobs on two checkpoints")
+
+
+def test_batch_count_gives_one_video_each(api_server):
+    job = ad_job(8, batch_size=8)
+    job["n_iter"] = 2
+    body = api_server.generate("/sdapi/v1/txt2img", job)
+    videos = [gif_frames(b) for b in body["images"][:2]]
+    assert [len(v) for v in videos] == [8, 8], f"expected two 8-frame GIFs, got {[len(v) for v in videos]}"
+    first, second = (np.asarray(v[0], np.int16) for v in videos)
+    assert np.abs(first - second).mean() > 5.0, "the two videos start with the same frame (same seeds?)"
+
+
+def test_positional_args_in_ui_order(api_server):
+    """The API's list form: our script's args by position, as /sdapi/v1/script-info lists them."""
+    info = api_server.get("/sdapi/v1/script-info").json()
+    script = next(s for s in info if s["name"] == "animatediff" and not s["is_img2img"])
+    labels = [arg["label"] for arg in script["args"]]
+    args = [arg["value"] for arg in script["args"]]
+    for label, value in (
+        ("Motion module", MM_NAME),
+        ("Enable AnimateDiff", True),
+        ("Number of frames", 8),
+        ("Context batch size", 8),
+        ("Save format", ["GIF"]),
+    ):
+        assert label in labels, f"no argument labelled {label!r} in {labels}"
+        args[labels.index(label)] = value
+    job = ad_job(8)
+    job["alwayson_scripts"] = {"AnimateDiff": {"args": args}}
+    assert_video(api_server.generate("/sdapi/v1/txt2img", job), 8)
+
+
+def test_bad_value_is_refused_with_the_field_named(api_server):
+    """A rejected setup must stop the job with the field named, never run on as unrelated stills."""
+    job = ad_job(8, batch_size=8, closed_loop="sideways")
+    response = api_server.post("/sdapi/v1/txt2img", job)
+    assert response.status_code != 200 or len(response.json().get("images", [])) == 0, (
+        f"a bad closed_loop value ran anyway: {response.status_code}, "
+        f"{len(response.json().get('images', []))} images"
+    )
+    assert "closed_loop" in response.text and "sideways" in response.text, response.text[:2000]
+    assert_plain_unchanged(api_server, "a refused AnimateDiff job")
+
+
+# --- failures must leave the WebUI as it was --------------------------------------------------------
+
+
+def test_exception_mid_sampling_leaves_webui_unchanged(api_server):
+    job = ad_job(16, steps=3, batch_size=16)
+    job["prompt"] = f"a photo of a cat, {FAULT_MARKER}"
+    offset = api_server.log_size()
+    response = api_server.post("/sdapi/v1/txt2img", job)
+    log = api_server.log_since(offset)
+    assert "realhost-fault: raising inside the UNet" in log, f"the fault never fired:\n{log[-3000:]}"
+    assert response.status_code != 200, "an exception inside sampling was reported as success"
+    assert_plain_unchanged(api_server, "an exception inside AnimateDiff sampling")
+    # and the extension recovers: the next AnimateDiff job runs
+    assert_video(api_server.generate("/sdapi/v1/txt2img", ad_job(8, batch_size=8)), 8)
+
+
+@pytest.mark.parametrize("action", ["interrupt", "skip"])
+def test_interrupt_leaves_webui_unchanged(api_server, action):
+    steps = 30
+    result: dict = {}
+
+    def run():
+        result["response"] = api_server.post("/sdapi/v1/txt2img", ad_job(16, steps=steps, batch_size=16))
+
+    worker = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    reached = None
+    while time.monotonic() < started + 120 and worker.is_alive():
+        state = api_server.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]
+        if state.get("sampling_steps") == steps and state.get("sampling_step", 0) >= 1:
+            reached = state["sampling_step"]
+            break
+        time.sleep(0.2)
+    assert reached is not None, "the AnimateDiff job never reached sampling step 1"
+    assert api_server.post(f"/sdapi/v1/{action}", {}, timeout=30).status_code == 200
+    worker.join(timeout=180)
+    assert not worker.is_alive(), f"the job did not stop within 180 s of {action}"
+    assert "response" in result, f"the request got no HTTP answer after {action}"
+    state = api_server.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]
+    flag = "interrupted" if action == "interrupt" else "skipped"
+    assert state[flag], f"{action} did not reach the job: {state}"
+    assert_plain_unchanged(api_server, f"an AnimateDiff job stopped by {action}")
