@@ -18,32 +18,12 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from factories import make_mm_state_dict, randomize_, unet_inputs  # noqa: E402
+from factories import make_mm_state_dict, make_sd15_unet, unet_inputs  # noqa: E402
 
 from motion_module.detect import detect  # noqa: E402
 from motion_module.frames import FrameLayout  # noqa: E402
 from motion_module.injection import MotionBlock, inject  # noqa: E402
 from motion_module.loading import build_module  # noqa: E402
-
-
-def sd15_unet(model_channels: int, context_dim: int) -> torch.nn.Module:
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    unet = UNetModel(
-        image_size=32,
-        in_channels=4,
-        model_channels=model_channels,
-        out_channels=4,
-        num_res_blocks=2,
-        attention_resolutions=(4, 2, 1),
-        channel_mult=(1, 2, 4, 4),
-        num_heads=8,
-        use_spatial_transformer=True,
-        transformer_depth=1,
-        context_dim=context_dim,
-        legacy=False,
-    )
-    return randomize_(unet).eval().requires_grad_(False)
 
 
 def flops(fn) -> int:
@@ -81,7 +61,7 @@ def timed(fn) -> float:
 
 def measure(label: str, model_channels: int, size: int, frames: int, videos: int, repeats: int) -> dict:
     context_dim = 768 if model_channels >= 320 else 64
-    unet = sd15_unet(model_channels, context_dim)
+    unet = make_sd15_unet(model_channels, context_dim)
     widths = tuple(model_channels * m for m in (1, 2, 4, 4))
     found = detect(make_mm_state_dict("v3", widths=widths), "v3")
     model = build_module(found, "cpu", torch.float32)

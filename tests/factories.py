@@ -217,47 +217,46 @@ def randomize_(module: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Modul
     return module
 
 
-def make_sd15_unet(model_channels: int = 32, context_dim: int = 64, seed: int = 0) -> nn.Module:
-    """ldm UNetModel in SD1.5 topology: mult (1,2,4,4), attention at levels 0-2, 8 heads."""
+def _ldm_unet(seed: int, **topology) -> nn.Module:
+    """A random-weight ldm UNetModel (4 latent channels, 2 res blocks per level) of the given topology."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     unet = UNetModel(
         image_size=16,
         in_channels=4,
-        model_channels=model_channels,
         out_channels=4,
         num_res_blocks=2,
+        use_spatial_transformer=True,
+        transformer_depth=1,
+        legacy=False,
+        **topology,
+    )
+    return randomize_(unet, seed).eval().requires_grad_(False)
+
+
+def make_sd15_unet(model_channels: int = 32, context_dim: int = 64, seed: int = 0) -> nn.Module:
+    """ldm UNetModel in SD1.5 topology: mult (1,2,4,4), attention at levels 0-2, 8 heads."""
+    return _ldm_unet(
+        seed,
+        model_channels=model_channels,
+        context_dim=context_dim,
         attention_resolutions=(4, 2, 1),
         channel_mult=(1, 2, 4, 4),
         num_heads=8,
-        use_spatial_transformer=True,
-        transformer_depth=1,
-        context_dim=context_dim,
-        legacy=False,
     )
-    return randomize_(unet, seed).eval().requires_grad_(False)
 
 
 def make_sdxl_unet(model_channels: int = 32, context_dim: int = 64, seed: int = 0) -> nn.Module:
     """ldm UNetModel in SDXL topology: mult (1,2,4), attention only at levels 1-2, linear proj."""
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
-    unet = UNetModel(
-        image_size=16,
-        in_channels=4,
+    return _ldm_unet(
+        seed,
         model_channels=model_channels,
-        out_channels=4,
-        num_res_blocks=2,
+        context_dim=context_dim,
         attention_resolutions=(2, 4),
         channel_mult=(1, 2, 4),
         num_head_channels=8,
-        use_spatial_transformer=True,
-        transformer_depth=1,
-        context_dim=context_dim,
         use_linear_in_transformer=True,
-        legacy=False,
     )
-    return randomize_(unet, seed).eval().requires_grad_(False)
 
 
 def unet_inputs(rows: int, size: int = 16, context_dim: int = 64, seed: int = 0):
