@@ -64,7 +64,7 @@ class FakeP:
 
 
 class FakeDenoiserSeam(types.ModuleType):
-    """Stands in for H2's denoiser.install: one reversible change to the CFG denoiser."""
+    """Stands in for denoiser.install: one reversible change to the CFG denoiser."""
 
     def __init__(self):
         super().__init__("scripts.animatediff_webui.denoiser")

@@ -203,7 +203,7 @@ def process_before_every_sampling(p: Any, c: Any = None, uc: Any = None) -> None
     if job is None:
         return
     try:
-        from . import denoiser  # H2's seam
+        from . import denoiser
 
         if c is not None and uc is not None:
             conditioning.pad_conditioning(job.session, p, c, uc)

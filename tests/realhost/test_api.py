@@ -160,6 +160,52 @@ def test_img2img_from_init_image(api_server):
     assert_plain_unchanged(api_server, "an img2img AnimateDiff job")
 
 
+@pytest.mark.parametrize("sampler", ["DDIM", "UniPC", "LCM"])
+def test_timestep_and_lcm_samplers_run_windowed(api_server, sampler):
+    """The windowed denoiser also wraps the timestep samplers' and LCM's denoiser (20 frames, 2 windows)."""
+    job = ad_job(20, steps=3, batch_size=16, overlap=4)
+    job["sampler_name"] = sampler
+    body = api_server.generate("/sdapi/v1/txt2img", job)
+    assert_video(body, 20)
+    assert_plain_unchanged(api_server, f"a windowed {sampler} job")
+
+
+def test_prompt_travel_keyframes(api_server):
+    """Keyframes change the video, and the infotext keeps the multi-line prompt the user typed.
+
+    Prompts are ones the random test checkpoint encodes without NaNs (some, e.g. "a photo, a cat,
+    best quality", make the WebUI itself produce NaNs with it, AnimateDiff or not).
+    """
+    travel_prompt = "a photo\n0: of a cat\n4: a dog on a red sofa"
+    still = ad_job(8, steps=3, batch_size=8)
+    still["prompt"] = "a photo, of a cat"
+    travel = dict(still, prompt=travel_prompt)
+    body = api_server.generate("/sdapi/v1/txt2img", travel)
+    video = pixels(assert_video(body, 8))
+    reference = pixels(gif_frames(api_server.generate("/sdapi/v1/txt2img", still)["images"][0]))
+    assert np.abs(video[-1].astype(int) - reference[-1].astype(int)).mean() > 1.0, (
+        "the last frame ignores the keyframe at frame 4"
+    )
+    infotext = (info_of(body).get("infotexts") or [""])[0]
+    assert infotext.startswith(travel_prompt), f"the infotext lost the multi-line prompt: {infotext!r}"
+
+
+def test_img2vid_with_last_frame(api_server):
+    """An optional last frame (base64 over the API) changes the video; the job leaves nothing behind."""
+    init = Image.new("RGB", (64, 64), (200, 40, 40))
+    last = Image.new("RGB", (64, 64), (40, 40, 200))
+    job = ad_job(8, steps=3, batch_size=8)
+    job.update(init_images=[encode_image(init)], denoising_strength=0.6)
+    without_last = pixels(gif_frames(api_server.generate("/sdapi/v1/img2img", job)["images"][0]))
+    job["alwayson_scripts"]["AnimateDiff"]["args"][0]["last_frame"] = encode_image(last)
+    body = api_server.generate("/sdapi/v1/img2img", job)
+    with_last = pixels(assert_video(body, 8))
+    assert np.abs(with_last[-1].astype(int) - without_last[-1].astype(int)).mean() > 1.0, (
+        "the last frame did not change the end of the video"
+    )
+    assert_plain_unchanged(api_server, "an img2vid job with a last frame")
+
+
 def test_predecessor_payload_works_unchanged(api_server):
     """The predecessor's documented API payload (SPEC §2.1): every key, its example values."""
     predecessor = {
