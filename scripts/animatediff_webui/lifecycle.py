@@ -14,6 +14,7 @@ takes outside the hooks raises ``AnimateDiffError`` (shown in the UI, HTTP 422/5
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import weakref
@@ -159,64 +160,59 @@ def before_process(p: Any, script_args: Sequence[Any], is_img2img: bool) -> None
         _fail(p, job, _describe(error), status_code=_status(error))
 
 
-def process(p: Any) -> None:
-    job = job_of(p)
-    if job is None:
-        return
-    try:
-        _open_model_steps(p, job)
-    except Exception as error:
-        _fail(p, job, _describe(error), status_code=_status(error))
+def _job_hook(body: Callable[..., None]) -> Callable[..., None]:
+    """A hook that acts only on AnimateDiff's own job; any failure restores the host at once and
+    makes the job stop with the message (the WebUI would swallow the exception and go on)."""
+
+    @functools.wraps(body)
+    def hook(p: Any, *args: Any, **kwargs: Any) -> None:
+        job = job_of(p)
+        if job is None:
+            return
+        try:
+            body(p, job, *args, **kwargs)
+        except Exception as error:
+            _fail(p, job, _describe(error), status_code=_status(error))
+
+    return hook
 
 
-def before_process_batch(p: Any) -> None:
-    job = job_of(p)
-    if job is None:
-        return
-    try:
-        _check_same_model(job)
-        if (
-            job.is_img2img
-            and not getattr(p, "is_i2i_batch", False)
-            and getattr(p, "init_latent", None) is not None
-        ):
-            img2vid.blend_init_latent(
-                p, job.session, job.params.img2vid, ad_args.as_image(job.params.last_frame)
-            )
-    except Exception as error:
-        _fail(p, job, _describe(error), status_code=_status(error))
+@_job_hook
+def process(p: Any, job: Job) -> None:
+    _open_model_steps(p, job)
 
 
-def before_hr(p: Any) -> None:
-    job = job_of(p)
-    if job is None:
-        return
-    try:
-        _check_same_model(job)
-    except Exception as error:
-        _fail(p, job, _describe(error), status_code=_status(error))
+@_job_hook
+def before_process_batch(p: Any, job: Job) -> None:
+    _check_same_model(job)
+    if (
+        job.is_img2img
+        and not getattr(p, "is_i2i_batch", False)
+        and getattr(p, "init_latent", None) is not None
+    ):
+        img2vid.blend_init_latent(p, job.session, job.params.img2vid, ad_args.as_image(job.params.last_frame))
 
 
-def process_before_every_sampling(p: Any, c: Any = None, uc: Any = None) -> None:
+@_job_hook
+def before_hr(p: Any, job: Job) -> None:
+    _check_same_model(job)
+
+
+@_job_hook
+def process_before_every_sampling(p: Any, job: Job, c: Any = None, uc: Any = None) -> None:
     """Every sampling pass (txt2img, hires, img2img) has a new sampler and denoiser: wrap it."""
-    job = job_of(p)
-    if job is None:
-        return
-    try:
-        from . import denoiser
+    from . import denoiser
 
-        if c is not None and uc is not None:
-            conditioning.pad_conditioning(job.session, p, c, uc)
-        cfg_denoiser = p.sampler.model_wrap_cfg
-        denoiser.install(job.session, cfg_denoiser, job.params.window, job.layout, job.params.frames, None)
-        log.info(
-            "AnimateDiff: windowed denoiser on %s (%d frames, context %d)",
-            "the hires pass" if getattr(p, "is_hr_pass", False) else "the sampler",
-            job.params.frames,
-            job.params.window.context,
-        )
-    except Exception as error:
-        _fail(p, job, _describe(error), status_code=_status(error))
+    if c is not None and uc is not None:
+        conditioning.pad_conditioning(job.session, p, c, uc)
+    cfg_denoiser = p.sampler.model_wrap_cfg
+    denoiser.install(job.session, cfg_denoiser, job.params.window, job.layout, job.params.frames, None)
+    log.info(
+        "AnimateDiff: windowed denoiser on %s (%d frames, context %d)",
+        "the hires pass" if getattr(p, "is_hr_pass", False) else "the sampler",
+        job.params.frames,
+        job.params.window.context,
+    )
 
 
 def on_cfg_denoiser(cfg_params: Any) -> None:
