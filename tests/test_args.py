@@ -214,7 +214,10 @@ def test_host_model_handles_and_forge_refusal():
     host = host_model.describe(model)
     assert (host.unet, host.base, host.dtype) == (unet, "sd15", torch.float64)
     devices = SimpleNamespace(dtype_unet=torch.float8_e4m3fn, dtype=torch.float16, device="cpu")
-    assert host_model.current(SimpleNamespace(sd_model=model), devices).dtype == torch.float16
+    fp8_host = host_model.current(SimpleNamespace(sd_model=model), devices)
+    assert (fp8_host.dtype, fp8_host.storage_dtype) == (torch.float16, torch.float8_e4m3fn)
+    devices.dtype_unet = torch.float16
+    assert host_model.current(SimpleNamespace(sd_model=model), devices).storage_dtype is None
     with pytest.raises(host_model.UnsupportedModelError, match="Forge"):
         host_model.describe(SimpleNamespace(is_sd1=True, forge_objects=object()))
 

@@ -189,6 +189,24 @@ def start(p, args, is_img2img=False):
 # --- tests ---------------------------------------------------------------------------------------
 
 
+def test_fp8_weight_storage_reaches_the_motion_module(webui, monkeypatch):
+    """With the WebUI's FP8 storage on, motion Linear weights are stored in FP8 and computed in the
+    working dtype; the job still runs and restores the UNet bit for bit."""
+    before = snapshot(webui.sd_model, webui.unet)
+    monkeypatch.setattr(sys.modules["modules.devices"], "dtype_unet", torch.float8_e4m3fn)
+    p = FakeP()
+    start(p, api_args())
+    job = lifecycle.job_of(p)
+    assert job is not None and job.error is None
+    proj_in = job.loaded.model.site_modules()["down_blocks.0.motion_modules.0"].temporal_transformer.proj_in
+    assert proj_in.weight.dtype == torch.float8_e4m3fn
+    with job.layout.using(FRAMES):
+        out = run_unet(webui.unet)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
 def test_success_applies_every_step_and_postprocess_restores_bit_identical(webui):
     before = snapshot(webui.sd_model, webui.unet)
     p = FakeP()

@@ -35,6 +35,7 @@ class HostModel:
     base: str  # "sd15" or "sdxl", the motion-module spec's vocabulary
     dtype: torch.dtype
     device: torch.device
+    storage_dtype: torch.dtype | None = None  # float8 when the WebUI stores UNet weights in FP8
 
     @property
     def blocks(self) -> tuple[Any, Any, Any]:
@@ -59,7 +60,10 @@ def base_of(sd_model: Any) -> str:
 
 
 def describe(
-    sd_model: Any, dtype: torch.dtype | None = None, device: torch.device | None = None
+    sd_model: Any,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+    storage_dtype: torch.dtype | None = None,
 ) -> HostModel:
     """Handles for the loaded model; dtype/device default to the UNet's own parameters."""
     base = base_of(sd_model)
@@ -73,15 +77,18 @@ def describe(
     first = next(unet.parameters(), None)
     dtype = dtype or (first.dtype if first is not None else torch.float32)
     device = device or (first.device if first is not None else torch.device("cpu"))
-    return HostModel(sd_model, unet, base, dtype, torch.device(device))
+    return HostModel(sd_model, unet, base, dtype, torch.device(device), storage_dtype)
 
 
 def current(shared: Any, devices: Any) -> HostModel:
-    """The model the WebUI will sample with now, in the working dtype the UNet runs in."""
-    dtype = getattr(devices, "dtype_unet", None)
+    """The model the WebUI will sample with now, in the working dtype the UNet runs in. With the
+    WebUI's FP8 weight storage on, the motion module's weights are stored in FP8 too."""
+    dtype, storage_dtype = getattr(devices, "dtype_unet", None), None
     if dtype is not None and dtype.itemsize == 1:  # fp8 storage: compute in the working dtype
-        dtype = getattr(devices, "dtype", torch.float16)
-    return describe(shared.sd_model, dtype=dtype, device=getattr(devices, "device", None))
+        dtype, storage_dtype = getattr(devices, "dtype", torch.float16), dtype
+    return describe(
+        shared.sd_model, dtype=dtype, device=getattr(devices, "device", None), storage_dtype=storage_dtype
+    )
 
 
 def _checkpoint_name(sd_model: Any) -> str:

@@ -356,7 +356,7 @@ def _open_model_steps(p: Any, job: Job) -> None:
     session, params = job.session, job.params
     host = host_model.current(_shared(), _devices())
     path = settings.resolve_model(params.model, model_folder(), host.base)
-    loaded = _cache.get(path, device=host.device, dtype=host.dtype)
+    loaded = _cache.get(path, device=host.device, dtype=host.dtype, storage_dtype=host.storage_dtype)
     loaded.model.to(device=host.device)  # it may have been moved to the CPU after the last job
     try:
         validate_window_params(params.window, loaded.spec.pe_length)
