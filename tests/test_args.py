@@ -183,6 +183,20 @@ def test_paste_expansion_for_predecessor_infotext():
     assert plain == {"Prompt": "x"}
 
 
+def test_paste_keys_serve_send_to_and_the_api_infotext_field():
+    """The WebUI matches "Send to img2img" fields by name, and the API's ``infotext`` field calls
+    callable fields on a dict that the paste callbacks never expanded: a PasteKey serves both."""
+    fps, closed_loop = ad_args.PasteKey("fps"), ad_args.PasteKey("closed_loop")
+    assert fps == "AnimateDiff fps" and fps in ["Prompt", "AnimateDiff fps"] and callable(fps)
+    raw = {"AnimateDiff": "model: a.ckpt, video_length: 12, fps: 6, closed_loop: A, enable: True"}
+    assert (fps(raw), closed_loop(raw)) == (6, "A")  # API path: no callback ran
+    assert ad_args.PasteKey("enable")(raw) is True
+    expanded = dict(raw)
+    ad_args.expand_pasted("", expanded)  # UI path: the callback ran first
+    assert fps(expanded) == expanded["AnimateDiff fps"] == 6
+    assert fps({"Prompt": "no AnimateDiff here"}) is None
+
+
 def test_paste_skips_only_the_bad_field(caplog):
     fields = {"AnimateDiff": "model: a.ckpt, fps: fast, stride: 2"}
     ad_args.expand_pasted("", fields)

@@ -92,6 +92,29 @@ def pasted_values(fields: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+class PasteKey(str):
+    """The name of one pasted field ("AnimateDiff fps") that the WebUI can also call.
+
+    "Send to img2img" copies the fields whose name is in ``paste_field_names`` (string equality),
+    but the API's ``infotext`` request field parses the infotext without running the
+    on_infotext_pasted callbacks, so it finds a script's values only through a callable field.
+    This key is both: as a string it is the field's name, called it reads the value from the raw
+    ``AnimateDiff`` entry when the callback has not expanded it.
+    """
+
+    field: str
+
+    def __new__(cls, field_key: str) -> PasteKey:
+        key = super().__new__(cls, PASTE_PREFIX + field_key)
+        key.field = field_key
+        return key
+
+    def __call__(self, fields: Mapping[str, Any]) -> Any:
+        if self in fields:
+            return fields[self]
+        return pasted_values(fields).get(self.field)
+
+
 def expand_pasted(_infotext: str, fields: dict[str, Any]) -> None:
     """on_infotext_pasted: split ``AnimateDiff: "model: …, fps: 8, …"`` into one entry per
     component ("AnimateDiff fps": 8), which ``infotext_fields`` and "Send to img2img" bind to."""

@@ -21,7 +21,7 @@ from motion_module.params import (
     flatten,
 )
 
-from .args import PASTE_PREFIX, ui_value
+from .args import PasteKey, ui_value
 from .settings import SAVE_FORMATS
 
 
@@ -200,6 +200,6 @@ def build(
     return Panel(
         components=components,
         by_key=comps,
-        infotext_fields=[(comps[k], PASTE_PREFIX + k) for k in pastable],
-        paste_field_names=[PASTE_PREFIX + k for k in pastable],
+        infotext_fields=[(comps[k], PasteKey(k)) for k in pastable],
+        paste_field_names=[PasteKey(k) for k in pastable],
     )

@@ -206,6 +206,21 @@ def test_img2vid_with_last_frame(api_server):
     assert_plain_unchanged(api_server, "an img2vid job with a last frame")
 
 
+def test_api_infotext_field_restores_animatediff(api_server):
+    """A request that carries only an earlier result's infotext (no alwayson_scripts) gets a video
+    with that result's AnimateDiff settings, as pasting it into the UI would."""
+    first = api_server.generate("/sdapi/v1/txt2img", ad_job(6, steps=2, batch_size=6, fps=5))
+    infotext = (info_of(first).get("infotexts") or [""])[0]
+    assert "video_length: 6" in infotext
+    body = api_server.generate(
+        "/sdapi/v1/txt2img", {"infotext": infotext, "width": 64, "height": 64, "steps": 2}
+    )
+    video = assert_video(body, 6)
+    gif = decode_image(body["images"][0])
+    assert gif.info.get("duration") == 200, f"fps 5 should give 200 ms frames, got {gif.info.get('duration')}"
+    assert len(video) == 6
+
+
 def test_predecessor_payload_works_unchanged(api_server):
     """The predecessor's documented API payload (SPEC §2.1): every key, its example values."""
     predecessor = {

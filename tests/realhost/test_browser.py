@@ -110,6 +110,14 @@ def test_generate_animation_then_paste_infotext(browser, ui_server, artifacts_di
     )
     infotext = page.locator("#html_info_txt2img").last.inner_text()
     assert "AnimateDiff" in infotext, f"the result's infotext has no AnimateDiff entry: {infotext!r}"
+
+    # "Send to img2img" copies the panel (fields matched by name) to the img2img tab's panel
+    img2img_panel = PANEL.replace("txt2img", "img2img")
+    page.click("#txt2img_send_to_img2img")
+    page.wait_for_function(
+        f"() => document.querySelector('{img2img_panel}enable input[type=checkbox]').checked", timeout=30_000
+    )
+    assert page.locator(f"{img2img_panel}video_length input").input_value() == str(FRAMES)
     page.close()
 
     page = open_page(browser, ui_server)  # fresh defaults: disabled, frames 0
