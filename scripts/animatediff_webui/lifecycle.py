@@ -390,7 +390,7 @@ def _export(p: Any, processed: Any, job: Job) -> None:
     if ExportFormat.PNG in params.export.formats and not settings.value(_get(), "animatediff_save_to_custom"):
         formats = tuple(f for f in params.export.formats if f is not ExportFormat.PNG) or (ExportFormat.GIF,)
         params = dataclasses.replace(params, export=dataclasses.replace(params.export, formats=formats))
-    report = output.export_processed(
+    output.export_processed(  # logs each failed format once, and lists it in processed.comments
         p,
         processed,
         params.export,
@@ -400,8 +400,6 @@ def _export(p: Any, processed: Any, job: Job) -> None:
         request_id=params.request_id,
         for_grid=_in_xyz_grid(p),
     )
-    for line in report.errors:
-        log.error("AnimateDiff: %s", line)
     state.nextjob()
     log.info("AnimateDiff: exported %s", ", ".join(f.value for f in params.export.formats))
 
