@@ -16,6 +16,7 @@ from factories import make_mm_state_dict, make_sd15_unet, torch_threads, unet_in
 from safetensors.torch import save_file
 
 import scripts.animatediff_webui as adapter
+from motion_module import layers
 from motion_module.injection import MotionBlock
 from motion_module.spec import SPECS, Family, alphas_cumprod
 from scripts.animatediff_webui import lifecycle
@@ -224,7 +225,7 @@ def test_success_applies_every_step_and_postprocess_restores_bit_identical(webui
     assert webui.sd_model.alphas_cumprod is webui.sd_model.alphas_cumprod_original
     assert torch.equal(webui.sd_model.alphas_cumprod, alphas_cumprod(SPECS[Family.V1]))
     mapping = webui.sd_model.network_layer_mapping
-    proj_in = mapping["diffusion_model_down_blocks_0_motion_modules_0_temporal_transformer_proj_in"]
+    proj_in = mapping["down_blocks_0_motion_modules_0_temporal_transformer_proj_in"]
     assert (
         proj_in
         is job.loaded.model.site_modules()["down_blocks.0.motion_modules.0"].temporal_transformer.proj_in
@@ -241,6 +242,46 @@ def test_success_applies_every_step_and_postprocess_restores_bit_identical(webui
     assert_unchanged(before, webui.sd_model, webui.unet)
     assert p.sampler.model_wrap_cfg.inner_model == "inner"
     assert type(p) is FakeP and "close" not in p.__dict__ and "sample" not in p.__dict__  # p is plain again
+
+
+MOTION_LORA_KEY = (  # an A1111-converted motion LoRA's layer name (MOTION_MODULES.md §4.1)
+    "down_blocks_1_motion_modules_1_temporal_transformer_transformer_blocks_0_attention_blocks_0_to_q"
+)
+
+
+def test_motion_lora_names_resolve_the_way_the_lora_extension_applies_them(webui, monkeypatch):
+    """The builtin Lora extension files a LoRA's weights under the mapping key a file key matched
+    and applies them to the layer whose ``network_layer_name`` is that key; its LoRA loader refuses
+    any layer whose type is not exactly nn.Linear. Both must hold while the job is open, and the
+    motion module gets its own Linear class back afterwards. Networks it read for an earlier job
+    (when no motion layer was registered) are marked out of date, so it reads them again."""
+    cached = SimpleNamespace(mtime=123.0)
+    networks = types.ModuleType("networks")
+    networks.loaded_networks, networks.networks_in_memory = [cached], {"mm_lora": cached}
+    monkeypatch.setitem(sys.modules, "networks", networks)
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, api_args())
+    assert cached.mtime == float("-inf") and networks.loaded_networks == [cached]
+    job = lifecycle.job_of(p)
+    to_q = (
+        job.loaded.model.site_modules()["down_blocks.1.motion_modules.1"]
+        .temporal_transformer.transformer_blocks[0]
+        .attention_blocks[0]
+        .to_q
+    )
+    mapping = webui.sd_model.network_layer_mapping
+    assert mapping.get(MOTION_LORA_KEY) is to_q
+    assert to_q.network_layer_name == MOTION_LORA_KEY
+    assert type(to_q) is torch.nn.Linear
+    names = [k for k, m in mapping.items() if isinstance(m, torch.nn.Linear) and k != "diffusion_model_out_0"]
+    assert all(type(mapping[k]) is torch.nn.Linear and mapping[k].network_layer_name == k for k in names)
+    with job.layout.using(FRAMES):
+        out = run_unet(webui.unet)
+    assert torch.isfinite(out).all()
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    assert type(to_q) is layers.Linear
+    assert_unchanged(before, webui.sd_model, webui.unet)
 
 
 def count_steps(webui):

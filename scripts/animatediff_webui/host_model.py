@@ -8,6 +8,7 @@ motion modules is refused here with a message, before any host object changes.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -125,9 +126,10 @@ def open_model_steps(
     log.info("AnimateDiff: beta schedule %s", loaded.spec.beta_schedule.kind)
     session.step(
         "Lora layer names",
-        lambda: name_motion_layers(host.sd_model, host.unet, injected),
+        lambda: name_motion_layers(host.sd_model, host.unet, injected, host.dtype),
         lambda undo: undo(),
     )
+    session.step("forget cached Lora networks", forget_cached_networks, lambda _: None)
 
 
 _MISSING = object()
@@ -152,24 +154,58 @@ def swap_schedule(sd_model: Any, alphas: torch.Tensor) -> Callable[[], None]:
     return undo
 
 
-def name_motion_layers(sd_model: Any, unet: torch.nn.Module, injected: Any) -> Callable[[], None]:
-    """Tag the injected layers the way the builtin Lora extension tags the UNet at model load,
-    under their UNet path and under the checkpoint's own key prefix, so motion LoRAs find them."""
+def forget_cached_networks() -> None:
+    """Make the builtin Lora extension read the prompt's LoRAs again for this job. It reuses a
+    network read for an earlier job with the layers it matched then; one read while no motion
+    layers were registered matched none of them and would leave a motion LoRA out, silently.
+    Marking the cached networks out of date (it re-reads a file newer than its ``mtime``) keeps
+    the rest of its bookkeeping (bundled embeddings) as it is. A cache: nothing to undo."""
+    networks = sys.modules.get("networks")  # the builtin Lora extension's module
+    loaded, in_memory = (getattr(networks, n, None) for n in ("loaded_networks", "networks_in_memory"))
+    if isinstance(loaded, list) and isinstance(in_memory, dict):
+        for net in [*loaded, *in_memory.values()]:
+            net.mtime = float("-inf")
+
+
+def name_motion_layers(
+    sd_model: Any, unet: torch.nn.Module, injected: Any, dtype: torch.dtype | None = None
+) -> Callable[[], None]:
+    """Make motion LoRAs in the prompt (``<lora:…>``) reach the injected layers through the builtin
+    Lora extension; return the exact undo.
+
+    A1111-converted motion LoRAs key each layer by its motion-module path with "." → "_"
+    (``down_blocks_0_motion_modules_0_…_to_q.lora_down.weight``). The extension files a LoRA's
+    weights under the mapping key it matched and applies them to the layer whose
+    ``network_layer_name`` equals that key, so both are that one name. Its LoRA loader accepts only
+    layers whose type is exactly ``nn.Linear`` (network_lora.py), so for the session the motion
+    Linears that compute in the working dtype are plain ``nn.Linear`` (same forward); Linears
+    stored in another dtype (FP8) keep their casting forward and are left out of the mapping.
+    """
     mapping = getattr(sd_model, "network_layer_mapping", None)
     if not isinstance(mapping, dict):
         return lambda: None
     ours = {id(block) for block in injected.blocks}
     added: dict[str, Any] = {}
-    for path, block in [(n, m) for n, m in unet.named_modules() if id(m) in ours]:
+    retyped: list[tuple[torch.nn.Module, type]] = []
+    left_out = 0
+    for block in [m for m in unet.modules() if id(m) in ours]:
         for inner, module in block.motion.named_modules():
-            names = (f"{path}.motion.{inner}", f"{block.prefix}.{inner}")
-            for name in names:
-                key = "diffusion_model_" + name.rstrip(".").replace(".", "_")
-                added.setdefault(key, mapping.get(key, _MISSING))
-                mapping[key] = module
-            module.network_layer_name = "diffusion_model_" + names[0].rstrip(".").replace(".", "_")
+            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear:
+                if dtype is not None and module.weight.dtype != dtype:
+                    left_out += 1
+                    continue
+                retyped.append((module, type(module)))
+                module.__class__ = torch.nn.Linear
+            key = f"{block.prefix}.{inner}".rstrip(".").replace(".", "_")
+            added.setdefault(key, mapping.get(key, _MISSING))
+            mapping[key] = module
+            module.network_layer_name = key
+    if left_out:
+        log.info("AnimateDiff: motion LoRAs skip %d motion layers stored in another dtype (FP8)", left_out)
 
     def undo() -> None:
+        for module, cls in reversed(retyped):
+            module.__class__ = cls
         for key, previous in added.items():
             if previous is _MISSING:
                 mapping.pop(key, None)

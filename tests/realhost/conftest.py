@@ -19,7 +19,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from realhost_server import MM_IDENTITY, MM_NAME, PLAIN, WebUIServer, decode_image
+from realhost_server import (
+    MM_IDENTITY,
+    MM_NAME,
+    MOTION_LORA,
+    NOWHERE_LORA,
+    PLAIN,
+    WebUIServer,
+    decode_image,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -125,23 +133,73 @@ def motion_module_dir(realhost_root) -> Path:
     return folder
 
 
-def make_data_dir(root: Path, name: str, mm_dir: Path) -> Path:
-    """A private --data-dir: settings (motion-module folder), this repo and the fault injector as
-    extensions. The WebUI checkout itself is never written to."""
+MOTION_LORA_RANK = 4
+MOTION_LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def motion_lora_state(mm_state: dict, std: float = 0.25, seed: int = 11) -> dict:
+    """A rank-4 motion LoRA for every attention projection of a motion-module state dict, keyed
+    as A1111-converted motion LoRAs are (MOTION_MODULES.md §4.1): the underscored module path, then
+    ``.lora_down.weight`` [r, in] / ``.lora_up.weight`` [out, r]; no alpha (scale 1)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, weight in sorted(mm_state.items()):
+        module, _, leaf = key.rpartition(".")
+        if leaf != "weight" or not module.endswith(MOTION_LORA_PROJECTIONS):
+            continue
+        name = module.replace(".", "_")
+        out_features, in_features = weight.shape
+        down = torch.randn(MOTION_LORA_RANK, in_features, generator=gen) * std
+        state[name + ".lora_down.weight"] = down
+        state[name + ".lora_up.weight"] = torch.randn(out_features, MOTION_LORA_RANK, generator=gen) * std
+    return state
+
+
+@pytest.fixture(scope="session")
+def motion_lora_dir(realhost_root) -> Path:
+    """Random motion LoRAs for the random v3 module: MOTION_LORA, and NOWHERE_LORA (same tensors,
+    keys that name no layer); the API server finds them in <data-dir>/models/Lora."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from safetensors.torch import save_file
+
+    from tests.factories import MINI_SD15, make_mm_state_dict
+
+    folder = realhost_root / "motion-loras"
+    folder.mkdir()
+    mm_state = make_mm_state_dict("v3", widths=MINI_SD15, std=0.05, seed=7)
+    state = motion_lora_state(mm_state)
+    save_file(state, str(folder / f"{MOTION_LORA}.safetensors"))
+    nowhere = {"nowhere_" + k: v for k, v in state.items()}
+    save_file(nowhere, str(folder / f"{NOWHERE_LORA}.safetensors"))
+    return folder
+
+
+def make_data_dir(root: Path, name: str, mm_dir: Path, lora_dir: Path | None = None) -> Path:
+    """A private --data-dir: settings (motion-module folder), this repo, the fault injector and
+    the Lora probe as extensions, the test LoRAs in models/Lora. The WebUI checkout itself is
+    never written to."""
     data = root / name
     (data / "extensions").mkdir(parents=True)
     (data / "extensions" / EXTENSION_NAME).symlink_to(REPO, target_is_directory=True)
     shutil.copytree(HERE / "fault_extension", data / "extensions" / "zz-realhost-fault")
+    shutil.copytree(HERE / "lora_probe_extension", data / "extensions" / "zz-realhost-lora-probe")
+    if lora_dir is not None:
+        shutil.copytree(lora_dir, data / "models" / "Lora")
     (data / "config.json").write_text(json.dumps({"animatediff_model_path": str(mm_dir)}))
     return data
 
 
-def start_server(root: Path, name: str, ckpt: Path, mm_dir: Path, api_only: bool):
+def start_server(
+    root: Path, name: str, ckpt: Path, mm_dir: Path, api_only: bool, lora_dir: Path | None = None
+):
     webui = _webui_dir()
     server = WebUIServer(
         webui_dir=webui,
         python=_webui_python(webui),
-        data_dir=make_data_dir(root, name, mm_dir),
+        data_dir=make_data_dir(root, name, mm_dir, lora_dir),
         ckpt=ckpt,
         api_only=api_only,
         threads=os.environ.get("SD_WEBUI_THREADS", "1"),
@@ -155,10 +213,12 @@ def start_server(root: Path, name: str, ckpt: Path, mm_dir: Path, api_only: bool
 
 
 @pytest.fixture(scope="module")
-def api_server(realhost_root, checkpoint, motion_module_dir):
+def api_server(realhost_root, checkpoint, motion_module_dir, motion_lora_dir):
     """API-only server (--nowebui). ``server.fresh_plain`` is the PLAIN job's images from the
     freshly started server, before any AnimateDiff job ran."""
-    server = start_server(realhost_root, "data-api", checkpoint, motion_module_dir, api_only=True)
+    server = start_server(
+        realhost_root, "data-api", checkpoint, motion_module_dir, api_only=True, lora_dir=motion_lora_dir
+    )
     try:
         body = server.generate("/sdapi/v1/txt2img", PLAIN)
         server.fresh_plain = [decode_image(b) for b in body["images"]]

@@ -24,6 +24,9 @@ HOST = "127.0.0.1"
 SECOND_CHECKPOINT = "tiny-random-sd15-b.safetensors"  # built beside the main one (make_assets --second)
 MM_NAME = "mm_sd15_v3.safetensors"  # the predecessor's default model name: its payloads name it
 MM_IDENTITY = "mm_sd15_v3_identity.safetensors"  # same, proj_out zeroed: every site is the identity
+# Random motion LoRAs for MM_NAME's layout, in <data-dir>/models/Lora (used as <lora:NAME:w>):
+MOTION_LORA = "mm_lora_random"  # A1111-converted keys: <underscored site path>.lora_{down,up}.weight
+NOWHERE_LORA = "mm_lora_nowhere"  # same shapes, keys that name no layer
 
 # A plain txt2img job: compared bit for bit before and after AnimateDiff jobs.
 PLAIN = {

@@ -15,6 +15,8 @@ from PIL import Image
 from realhost_server import (
     MM_IDENTITY,
     MM_NAME,
+    MOTION_LORA,
+    NOWHERE_LORA,
     PLAIN,
     SECOND_CHECKPOINT,
     decode_image,
@@ -322,6 +324,57 @@ def test_bad_value_is_refused_with_the_field_named(api_server):
     )
     assert "closed_loop" in response.text and "sideways" in response.text, response.text[:2000]
     assert_plain_unchanged(api_server, "a refused AnimateDiff job")
+
+
+# --- motion LoRAs through the builtin Lora extension ------------------------------------------------
+
+MOTION_LORA_LAYERS = 20 * 2 * 4  # v3 SD1.5: 20 sites × 2 attention blocks × to_q/to_k/to_v/to_out.0
+
+
+def lora_video(server, tag: str = "") -> tuple[list[np.ndarray], dict]:
+    job = ad_job(8, batch_size=8)
+    job["prompt"] += tag
+    body = server.generate("/sdapi/v1/txt2img", job)
+    video = [np.asarray(f, np.int16) for f in assert_video(body, 8)]
+    return video, server.get("/realhost/loaded-networks").json()
+
+
+def mean_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(np.mean([np.abs(x - y).mean() for x, y in zip(a, b, strict=True)]))
+
+
+def test_motion_lora_through_builtin_lora_extension(api_server):
+    """An A1111-converted motion LoRA in the prompt (``<lora:NAME:1>``) reaches every attention
+    projection of the injected motion module through the WebUI's own Lora extension, also when a
+    plain job read it first (matching none of its keys then); at weight 0, or with keys that name
+    no layer, the video is the plain AnimateDiff one; so is the next job without it (the Lora
+    extension restores its backup), and the plain txt2img is untouched.
+
+    The tag is glued to the prompt: the WebUI strips the tag, not a ", " before it."""
+    offset = api_server.log_size()
+    plain, none_loaded = lora_video(api_server)
+    assert none_loaded == {}, f"networks loaded for a job without <lora:>: {none_loaded}"
+    read_without_motion = dict(PLAIN, prompt=PLAIN["prompt"] + f"<lora:{MOTION_LORA}:1>")
+    api_server.generate("/sdapi/v1/txt2img", read_without_motion)
+    with_lora, loaded = lora_video(api_server, f"<lora:{MOTION_LORA}:1>")
+    layers = loaded.get(MOTION_LORA, {}).get("layers", [])
+    assert len(layers) == MOTION_LORA_LAYERS, (
+        f"the Lora extension placed {len(layers)} of {MOTION_LORA_LAYERS} motion-LoRA layers: {loaded}\n"
+        f"--- server log ---\n{api_server.log_since(offset)[-3000:]}"
+    )
+    effect = mean_gap(with_lora, plain)
+    assert effect > 1.0, f"<lora:{MOTION_LORA}:1> barely changes the video ({effect:.2f} levels mean)"
+    at_zero, _ = lora_video(api_server, f"<lora:{MOTION_LORA}:0>")
+    assert mean_gap(at_zero, plain) == 0.0, "the motion LoRA at weight 0 changed the video"
+    nowhere, loaded = lora_video(api_server, f"<lora:{NOWHERE_LORA}:1>")
+    assert loaded.get(NOWHERE_LORA, {}).get("layers") == [], loaded
+    assert mean_gap(nowhere, plain) == 0.0, "a LoRA whose keys match no layer changed the video"
+    again, _ = lora_video(api_server)
+    assert mean_gap(again, plain) == 0.0, "the motion LoRA stayed in the motion module after its job"
+    log = api_server.log_since(offset)
+    for trouble in ("Lora not found", "loading network", "unsupported type", "Traceback"):
+        assert trouble not in log, f"{trouble!r} in the server log:\n{log[-3000:]}"
+    assert_plain_unchanged(api_server, f"AnimateDiff jobs with the motion LoRA {MOTION_LORA}")
 
 
 # --- failures must leave the WebUI as it was --------------------------------------------------------
