@@ -16,17 +16,12 @@ from factories import (
     make_v3_adapter,
     to_diffusers_keys,
     to_hotshot_keys,
-    torch_threads,
 )
 
 from motion_module.detect import MotionModuleFormatError, detect
 from motion_module.spec import SPECS, Family, alphas_cumprod
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # family, expected keys at full size, mid block, PE rows, GN across frames in the UNet / module

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import make_mm_state_dict, make_sd15_unet, torch_threads, unet_inputs
+from factories import make_mm_state_dict, make_sd15_unet, unet_inputs
 from ldm.modules.diffusionmodules.util import GroupNorm32
 
 from motion_module.detect import detect
@@ -15,11 +15,7 @@ from motion_module.injection import inject
 from motion_module.loading import build_module
 from motion_module.spec import Family
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def reference(x: torch.Tensor, norm: torch.nn.GroupNorm, videos: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factories import make_mm_state_dict, make_sd15_unet, make_sdxl_unet, torch_threads, unet_inputs
+from factories import make_mm_state_dict, make_sd15_unet, make_sdxl_unet, unet_inputs
 from torch import nn
 
 import motion_module.injection as injection_module
@@ -14,11 +14,7 @@ from motion_module.injection import InjectionError, MotionBlock, inject
 from motion_module.loading import build_module
 from motion_module.spec import Family
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 FRAMES = 4

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
-from factories import make_mm_state_dict, site_tensors, to_diffusers_keys, torch_threads
+from factories import make_mm_state_dict, site_tensors, to_diffusers_keys
 from torch import nn
 
 from motion_module.detect import detect
@@ -23,11 +23,7 @@ from motion_module.layers import (
 from motion_module.loading import build_module
 from motion_module.spec import Family
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class PerFrameNorm(nn.Module):

@@ -9,7 +9,6 @@ import torch
 from factories import (
     make_mm_state_dict,
     to_diffusers_keys,
-    torch_threads,
     with_non_tensor,
     with_unet_keys,
     wrap_state_dict,
@@ -27,11 +26,7 @@ from motion_module.loading import (
 )
 from motion_module.spec import Family
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _assert_weights_equal(loaded: LoadedMotionModule, sd: dict) -> None:
