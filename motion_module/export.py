@@ -1,6 +1,7 @@
 """Frames of one video -> files on disk, and the strings the API returns.
 
-``export_video`` names the files (``<outdir>/AnimateDiff/YYYY-MM-DD/{seq:05d}-{seed}[-{id}]``),
+``export`` is the one call per video: it prepares the frames (ping-pong, interpolation) and
+hands them to ``export_video``, which names the files (``<outdir>/AnimateDiff/YYYY-MM-DD/{seq:05d}-{seed}[-{id}]``),
 runs every requested writer from ``export_writers.WRITERS`` under a temporary name and publishes
 each file by an atomic rename, so a half-written or failed file is never visible. One format
 failing never stops the others: the result lists written paths and errors per format.
@@ -28,15 +29,17 @@ from PIL import Image, PngImagePlugin
 
 from motion_module.export_writers import WRITERS, ExportError, WriteJob, WriterSpec
 from motion_module.interpolation import Interpolator, interpolate
-from motion_module.params import ClosedLoop, ExportFormat, ExportParams, Interp
+from motion_module.params import ClosedLoop, ExportFormat, ExportParams, Interp, WindowParams
 
 log = logging.getLogger("animatediff")
 
 __all__ = [
     "ExportError",
     "ExportResult",
+    "VideoTarget",
     "WRITERS",
     "api_images",
+    "export",
     "export_video",
     "next_sequence_number",
     "ping_pong",
@@ -64,6 +67,34 @@ class ExportResult:
         return not self.errors
 
 
+@dataclass(frozen=True)
+class VideoTarget:
+    """Where one video is written and what its files carry."""
+
+    outdir: str | os.PathLike
+    seed: int
+    info: str = ""  # infotext, written into the files
+    request_id: str = ""  # appended to the file name
+
+
+def export(
+    frames: Sequence[Image.Image | np.ndarray],
+    params: ExportParams,
+    window: WindowParams,
+    target: VideoTarget,
+    *,
+    interpolator: Interpolator | None = None,
+    now: datetime | None = None,
+) -> ExportResult:
+    """One video from sampled frames to files: ``prepare_frames``, then ``export_video``."""
+    frames = prepare_frames(
+        frames, params, closed_loop=window.closed_loop, context=window.context, interpolator=interpolator
+    )
+    return export_video(
+        frames, params, target.outdir, target.seed, info=target.info, request_id=target.request_id, now=now
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Frames before encoding
 
@@ -87,9 +118,9 @@ def prepare_frames(
 ) -> list[Image.Image]:
     """The frames a video holds: ping-pong for closed loop A (frames <= context), then interpolation."""
     frames = [to_rgb(f) for f in frames]
-    if ClosedLoop(closed_loop) is ClosedLoop.A and len(frames) <= context:
+    if closed_loop is ClosedLoop.A and len(frames) <= context:
         frames = ping_pong(frames)
-    if Interp(params.interp) is not Interp.OFF and params.interp_x > 1 and len(frames) > 1:
+    if params.interp is not Interp.OFF and params.interp_x > 1 and len(frames) > 1:
         frames = interpolate(frames, params.interp_x, interpolator)
     return frames
 
@@ -159,12 +190,12 @@ def export_video(
     """Write one video in every file format of ``params.formats``; never raises for a format.
 
     ``frames`` are final (see ``prepare_frames``). ``Frame`` is an API flag, not a file, and is
-    ignored here. Errors (unknown format, no frames, mixed sizes, unwritable folder, missing
+    ignored here. Errors (no frames, mixed sizes, unwritable folder, missing
     encoder, writer failure) are logged once and listed in ``result.errors``.
     """
     frames = [to_rgb(f) for f in frames]
     result = ExportResult(stem="", frames=frames, info=info)
-    wanted = _resolve_formats(params.formats, result)
+    wanted = [fmt for fmt in dict.fromkeys(params.formats) if fmt in WRITERS]  # Frame is no file
     if not wanted:
         return result
     problem = _frames_problem(frames)
@@ -202,20 +233,6 @@ def export_video(
     if result.paths:
         log.info("AnimateDiff: saved %s", ", ".join(str(p) for p in result.paths.values()))
     return result
-
-
-def _resolve_formats(formats: Sequence[ExportFormat | str], result: ExportResult) -> list[ExportFormat]:
-    wanted: list[ExportFormat] = []
-    allowed = ", ".join(f.value for f in WRITERS)
-    for raw in formats:
-        try:
-            fmt = ExportFormat(raw)
-        except ValueError:
-            _fail(result, str(raw), f"unknown format {raw!r}; allowed: {allowed} (and Frame for the API)")
-            continue
-        if fmt in WRITERS and fmt not in wanted:
-            wanted.append(fmt)
-    return wanted
 
 
 def _frames_problem(frames: Sequence[Image.Image]) -> str | None:
@@ -260,7 +277,7 @@ def _fail(result: ExportResult, fmt: str, cause: str, unexpected: bool = False) 
 # API payload
 
 
-def api_images(results: Sequence[ExportResult], formats: Sequence[ExportFormat | str]) -> list[str]:
+def api_images(results: Sequence[ExportResult], formats: Sequence[ExportFormat]) -> list[str]:
     """The API's ``images``: every video file base64-encoded, videos in order and per video
     GIF, MP4, WEBP, WEBM; then, with ``Frame`` in ``formats``, every frame of every video as a
     base64 PNG (video after video). PNG frames are saved to disk, never returned.
@@ -271,7 +288,7 @@ def api_images(results: Sequence[ExportResult], formats: Sequence[ExportFormat |
         for fmt in API_VIDEO_ORDER
         if fmt in result.paths
     ]
-    if any(str(getattr(f, "value", f)) == ExportFormat.FRAME.value for f in formats):
+    if ExportFormat.FRAME in formats:
         images += [_png_base64(frame, result.info) for result in results for frame in result.frames]
     return images
 

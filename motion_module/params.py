@@ -401,6 +401,16 @@ def flatten(params: AnimateDiffParams) -> dict[str, Any]:
     return {f.key: f.get(params) for f in FIELDS} | {k: f.get(params) for k, f in EXTRA_FIELDS.items()}
 
 
+class ParamsError(ValueError):
+    """A value the parser refused. ``enable`` says whether the request asked for AnimateDiff
+    (a value that is not a boolean counts as asking), so a disabled panel holding a bad value
+    never stops a plain generation while a bad API request always reports its error."""
+
+    def __init__(self, message: str, *, enable: bool):
+        super().__init__(message)
+        self.enable = enable
+
+
 def parse_params(
     source: Mapping[str, Any] | Sequence[Any] | None = None,
     *,
@@ -411,9 +421,24 @@ def parse_params(
     """The one parser. ``source`` is an API/infotext/XYZ dict keyed like the predecessor, or a
     positional list in ``FIELDS`` order (the UI's values, or the API's list form); missing entries
     keep ``base`` (defaults plus settings). ``overrides`` (XYZ axes) win over ``source``.
-    Raises ValueError naming the field, the value and what is allowed.
+    Everything that can be checked without the motion module is checked here, once; raises
+    ``ParamsError`` naming the field, the value and what is allowed.
     """
     base = base or AnimateDiffParams()
+    enable = _requested_enable(source, overrides, base)
+    try:
+        raw = _raw(source, overrides, ignore_unknown)
+        values = flatten(base) | {key: coerce_field(key, value) for key, value in raw.items()}
+        return _build(values, base)
+    except ValueError as error:
+        raise ParamsError(str(error), enable=enable) from None
+
+
+def _raw(
+    source: Mapping[str, Any] | Sequence[Any] | None,
+    overrides: Mapping[str, Any] | None,
+    ignore_unknown: bool,
+) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     if source is None:
         pass
@@ -432,8 +457,26 @@ def parse_params(
             f"order, not {type(source).__name__}"
         )
     raw.update(_keyed(overrides or {}, ignore_unknown=False))
-    values = flatten(base) | {key: coerce_field(key, value) for key, value in raw.items()}
-    return _build(values, base)
+    return raw
+
+
+def _requested_enable(
+    source: Mapping[str, Any] | Sequence[Any] | None,
+    overrides: Mapping[str, Any] | None,
+    base: AnimateDiffParams,
+) -> bool:
+    raw: Any = base.enable
+    position = FIELD_KEYS.index("enable")
+    if overrides and "enable" in overrides:
+        raw = overrides["enable"]
+    elif isinstance(source, Mapping):
+        raw = source.get("enable", raw)
+    elif isinstance(source, Sequence) and not isinstance(source, str | bytes) and len(source) > position:
+        raw = source[position]
+    try:
+        return bool(_as_bool(raw))
+    except _Rejected:
+        return True
 
 
 def _keyed(source: Mapping[str, Any], ignore_unknown: bool) -> dict[str, Any]:
@@ -455,6 +498,11 @@ def _build(v: dict[str, Any], base: AnimateDiffParams) -> AnimateDiffParams:
         raise ValueError(
             f"AnimateDiff: overlap = {v['overlap']} is not allowed with context batch size "
             f"{v['batch_size']}; expected -1 (= context // 4) or a whole number below {v['batch_size']}"
+        )
+    if base.window.frame_budget < 0:  # a setting, not a request field
+        raise ValueError(
+            f"AnimateDiff: frame budget = {base.window.frame_budget} is not allowed; expected 0 (one "
+            "window per UNet call) or a number of frames per call >= 1 (Settings → AnimateDiff)"
         )
     r = dataclasses.replace
     return r(
@@ -494,6 +542,19 @@ def _build(v: dict[str, Any], base: AnimateDiffParams) -> AnimateDiffParams:
         request_id=v["request_id"],
         travel_interpolation=v["travel_interpolation"],
     )
+
+
+def check_fits_module(params: AnimateDiffParams, pe_length: int, label: str) -> None:
+    """The one check that needs the loaded motion module: a window cannot hold more frames than
+    the module has position slots (v1: 24; v2/v3/SDXL beta: 32; AnimateLCM: 64)."""
+    context = params.window.context
+    if context > pe_length:
+        raise ParamsError(
+            f"AnimateDiff: batch_size = {context} (the context) is not allowed with {label}: this motion "
+            f"module has only {pe_length} position slots; expected at most {pe_length}, or a module with "
+            "more slots (v2/v3/SDXL beta: 32, AnimateLCM: 64)",
+            enable=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

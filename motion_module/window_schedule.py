@@ -1,9 +1,9 @@
-"""Which frames each context window holds at a given sampling step, and which options are valid.
+"""Which frames each context window holds at a given sampling step.
 
-Called by the windowed denoiser (windows.py) once per step and by the params parser for validation.
-Pure Python: the same (frames, step, params) always gives the same windows. Imports no WebUI module.
+Called by the windowed denoiser (windows.py) once per step, with parameters the parser has
+already validated. Pure Python: the same (frames, step, params) always gives the same windows.
 
-Meanings follow the predecessor (SPEC §2.4): window starts rotate by the van-der-Corput value of the
+Meanings follow the predecessor extension: window starts rotate by the van-der-Corput value of the
 step so seams move, stride adds dilated windows with spacing 1, 2, 4, ..., loop N never wraps across
 the end, R-P/R+P wrap, A extends the range by the overlap (one more wrapping window). Differences on
 purpose: frames <= context gives one window of exactly the frames (never padded to context), a
@@ -14,51 +14,9 @@ and dilated windows are shifted back instead of wrapping.
 
 from __future__ import annotations
 
-from .params import ClosedLoop, Fusion, WindowMode, WindowParams
+from .params import ClosedLoop, WindowParams
 
 Window = tuple[int, ...]
-
-
-def validate_window_params(params: WindowParams, pe_length: int | None = None) -> None:
-    """Refuse option values and combinations the scheduler cannot honour, naming field and fix.
-
-    ``pe_length`` is the loaded motion module's number of position slots; without it only the
-    module-independent rules are checked (the adapter calls again once the module is known).
-    """
-    context = params.context
-    if not isinstance(context, int) or context < 1:
-        raise ValueError(f"context (Context batch size) is {context!r}; it must be a whole number >= 1")
-    if pe_length is not None and context > pe_length:
-        raise ValueError(
-            f"context (Context batch size) is {context}, but this motion module has only {pe_length} "
-            f"position slots; lower it to at most {pe_length} or pick a module with a longer PE "
-            "(v2/v3/AD-XL: 32, AnimateLCM: 64)"
-        )
-    if not isinstance(params.stride, int) or params.stride < 1:
-        raise ValueError(
-            f"stride is {params.stride!r}; it must be a whole number >= 1 (1 = no dilated windows)"
-        )
-    overlap = params.overlap
-    if not isinstance(overlap, int) or overlap < -1:
-        raise ValueError(f"overlap is {overlap!r}; allowed: -1 (= context // 4) or 0 .. context - 1")
-    if overlap >= context:
-        raise ValueError(
-            f"overlap is {overlap} but context is {context}; the overlap must be smaller than the "
-            f"context (0 .. {context - 1}), or -1 for context // 4"
-        )
-    if not isinstance(params.frame_budget, int) or params.frame_budget < 0:
-        raise ValueError(
-            f"frame_budget is {params.frame_budget!r}; allowed: 0 (one window per UNet call) or a "
-            "number of frames per call >= 1"
-        )
-    for field, value, enum in (
-        ("closed_loop", params.closed_loop, ClosedLoop),
-        ("fusion", params.fusion, Fusion),
-        ("mode", params.mode, WindowMode),
-    ):
-        if not isinstance(value, enum):
-            allowed = ", ".join(repr(member.value) for member in enum)
-            raise ValueError(f"{field} is {value!r}; allowed: {allowed}")
 
 
 def ordered_halving(step: int) -> float:
@@ -81,9 +39,7 @@ def dilation_levels(num_frames: int, context: int, stride: int) -> int:
 
 def schedule(num_frames: int, step: int, params: WindowParams) -> list[Window]:
     """The windows for one sampling step; together they cover every frame at least once."""
-    validate_window_params(params)
-    if num_frames < 1:
-        raise ValueError(f"num_frames is {num_frames}; a video needs at least 1 frame")
+    assert num_frames >= 1 and 0 <= params.effective_overlap < params.context, (num_frames, params)
     length, context, overlap = num_frames, params.context, params.effective_overlap
     if length <= context:
         return [tuple(range(length))]

@@ -19,7 +19,7 @@ import torch
 from .frames import FrameLayout, TemporalFn, TemporalRunner
 from .params import WindowMode, WindowParams
 from .window_fusion import FusionBuffer, fusion_weights, window_rows
-from .window_schedule import Window, ordered_halving, schedule, validate_window_params
+from .window_schedule import Window, ordered_halving, schedule
 
 __all__ = [
     "PerFrameInputs",
@@ -30,7 +30,6 @@ __all__ = [
     "ordered_halving",
     "schedule",
     "slice_rows",
-    "validate_window_params",
 ]
 
 Inner = Callable[..., torch.Tensor]
@@ -190,9 +189,7 @@ class WindowedDenoiser:
         per_frame: PerFrameInputs | None = None,
         between: Callable[[], None] | None = None,
     ):
-        validate_window_params(params)
-        if frames < 1:
-            raise ValueError(f"frames is {frames}; a video needs at least 1 frame")
+        assert frames >= 1, frames
         self.inner, self.params, self.layout, self.frames = inner, params, layout, frames
         self.step, self.per_frame, self.between = step, per_frame or PerFrameInputs(), between
         self.calls = 0

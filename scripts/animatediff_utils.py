@@ -1,4 +1,4 @@
-"""Names other extensions import from us by module name (sd-webui-controlnet, HOST.md §7).
+"""Names other extensions import from us by module name (sd-webui-controlnet looks them up).
 
 ``get_animatediff_arg(p)`` returns a small mutable view of this job's AnimateDiff parameters with
 the attribute names ControlNet reads (``enable``, ``video_length``, ``batch_size`` = context,
@@ -22,16 +22,17 @@ def get_animatediff_arg(p: Any) -> SimpleNamespace | None:
     view = getattr(p, _VIEW_ATTR, None)
     if view is not None:
         return view
-    from scripts.animatediff_webui import args, lifecycle
+    from scripts.animatediff_webui import args, host_changes
+    from scripts.animatediff_webui import job as jobs
 
-    job = lifecycle.job_of(p)
+    job = jobs.job_of(p)
     params = job.params if job is not None else None
     if params is None:
         script_args = args.script_args_of(p)
         if script_args is None:
             return None
         try:
-            params = args.for_job(p, script_args, lifecycle.base_params())
+            params = args.for_job(p, script_args, jobs.base_params())
         except ValueError as error:  # the job itself reports it in before_process
             log.debug("get_animatediff_arg: %s", error)
             return None
@@ -53,5 +54,8 @@ def get_animatediff_arg(p: Any) -> SimpleNamespace | None:
         prompt_scheduler=None,  # IP-Adapter prompt travel is not wired to ControlNet yet
         request_id=params.request_id,
     )
-    setattr(p, _VIEW_ATTR, view)
+    if job is not None:
+        host_changes.controlnet_view(job.session, p, _VIEW_ATTR, view)
+    else:  # ControlNet's img2img Batch tab asks before any job exists; it marks the view there
+        host_changes.controlnet_view_before_job(p, _VIEW_ATTR, view)
     return view

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from motion_module.params import ClosedLoop
+from motion_module.params import ClosedLoop, parse_params
 from motion_module.prompt_travel import PromptTravelError, slerp
 from scripts.animatediff_webui import conditioning
 from scripts.animatediff_webui.patch_session import PatchSession
@@ -86,14 +86,28 @@ def cfg_forward(session, p, c, uc):
     tensor = _stack_like_webui([row[0].schedules[0].cond for row in c.batch])
     uncond = torch.stack([schedule[0].cond for schedule in uc])  # the WebUI's zeros-then-assign crashes too
     params = SimpleNamespace(text_cond=tensor, text_uncond=uncond, denoiser=SimpleNamespace(p=p))
-    conditioning.on_cfg_denoiser(session, params)
+    conditioning.on_cfg_denoiser(getattr(session, "travel", None), params)
     calls = 1 if params.text_cond.shape[1] == params.text_uncond.shape[1] else 2
     return params.text_cond, params.text_uncond, calls
 
 
-def prepare(p, loop=ClosedLoop.R_MINUS_P, context=16):
-    session = PatchSession()
-    conditioning.prepare_prompts(p, session, closed_loop=loop, context=context)
+class JobSession(PatchSession):
+    """A session with the travel plan beside it, as a job holds both."""
+
+    travel = None
+
+
+def travel_params(loop=ClosedLoop.R_MINUS_P, context=16, frames=None, interpolation=None):
+    request = {"closed_loop": loop.value, "batch_size": context}
+    if interpolation is not None:
+        request["travel_interpolation"] = interpolation
+    return parse_params(request | ({"video_length": frames} if frames else {}))
+
+
+def prepare(p, loop=ClosedLoop.R_MINUS_P, context=16, **kwargs):
+    session = JobSession()
+    params = travel_params(loop, context, frames=p.batch_size, **kwargs)
+    session.travel = conditioning.prepare_prompts(p, session, params)
     return session
 
 
@@ -118,13 +132,13 @@ def test_bad_prompt_is_refused_before_anything_changes():
     p = make_p("0: a\n9: b", frames=8)
     session = PatchSession()
     with pytest.raises(PromptTravelError, match="'9: b'"):
-        conditioning.prepare_prompts(p, session, closed_loop=ClosedLoop.N, context=16)
-    assert p.prompt == "0: a\n9: b" and session.step_names == [] and conditioning.KEY not in session.data
+        conditioning.prepare_prompts(p, session, travel_params(ClosedLoop.N, frames=8))
+    assert p.prompt == "0: a\n9: b" and session.step_names == []
 
 
 def test_plain_prompts_leave_p_alone():
     p = make_p("1girl, solo")
-    assert conditioning.prepare_prompts(p, PatchSession(), closed_loop=ClosedLoop.N, context=16) is None
+    assert conditioning.prepare_prompts(p, PatchSession(), travel_params(ClosedLoop.N)) is None
     assert p.prompt == "1girl, solo"
 
 
@@ -209,7 +223,7 @@ def test_sdxl_dict_conditioning_keeps_its_type_and_interpolates_vector():
         {"crossattn": torch.stack([encode("lowres")] * 4), "vector": torch.stack([vec["lowres"]] * 4)}
     )
     params = SimpleNamespace(text_cond=tensor, text_uncond=uncond, denoiser=SimpleNamespace(p=p))
-    conditioning.on_cfg_denoiser(session, params)
+    conditioning.on_cfg_denoiser(getattr(session, "travel", None), params)
     assert isinstance(params.text_cond, DictWithShape) and params.text_cond.shape == (4, 77, D)
     torch.testing.assert_close(params.text_cond["vector"][1], slerp(vec["a"], vec["b"], 0.5))
     assert torch.equal(params.text_cond["vector"][2], vec["b"])
@@ -221,8 +235,8 @@ def test_and_prompts_warn_once_and_keep_per_frame_rows(caplog):
     rows = torch.randn(6, 77, D)  # 6 cond rows for 4 frames
     params = SimpleNamespace(text_cond=rows, text_uncond=torch.randn(4, 77, D), denoiser=SimpleNamespace(p=p))
     with caplog.at_level(logging.WARNING, logger="animatediff"):
-        conditioning.on_cfg_denoiser(session, params)
-        conditioning.on_cfg_denoiser(session, params)
+        conditioning.on_cfg_denoiser(getattr(session, "travel", None), params)
+        conditioning.on_cfg_denoiser(getattr(session, "travel", None), params)
     assert params.text_cond is rows
     assert sum("AND" in r.message for r in caplog.records) == 1
 
@@ -236,7 +250,7 @@ def test_hires_pass_uses_its_own_travel_prompt():
     params = SimpleNamespace(
         text_cond=rows, text_uncond=torch.stack([encode("lowres")] * 4), denoiser=SimpleNamespace(p=p)
     )
-    conditioning.on_cfg_denoiser(session, params)
+    conditioning.on_cfg_denoiser(getattr(session, "travel", None), params)
     torch.testing.assert_close(params.text_cond[1], slerp(encode("x"), encode("y"), 1 / 3))
     session.close()
     assert p.hr_prompt == "0: x\n3: y" and p.hr_negative_prompt == ""
@@ -247,7 +261,7 @@ def test_infotext_gets_the_original_multiline_prompt():
     p = make_p(prompt, negative=negative, frames=4, videos=2)
     session = prepare(p)
     p.all_prompts, p.all_negative_prompts = list(p.prompt), list(p.negative_prompt)
-    conditioning.restore_infotext_prompts(p, session, batch_number=1)
+    conditioning.restore_infotext_prompts(p, session.travel, 4, batch_number=1)
     assert p.prompts == [prompt] * 4 and p.negative_prompts == [negative] * 4
     assert p.all_prompts[4:] == [prompt] * 4 and p.all_prompts[0] == "h, a"
 
@@ -261,5 +275,5 @@ def test_plain_hires_prompt_does_not_travel_in_the_hires_pass():
     params = SimpleNamespace(
         text_cond=rows, text_uncond=torch.stack([encode("lowres")] * 4), denoiser=SimpleNamespace(p=p)
     )
-    conditioning.on_cfg_denoiser(session, params)
+    conditioning.on_cfg_denoiser(getattr(session, "travel", None), params)
     assert params.text_cond is rows

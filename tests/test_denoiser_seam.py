@@ -17,13 +17,18 @@ import torch
 from torch import nn
 
 from motion_module.frames import FrameLayout
-from motion_module.params import WindowMode, WindowParams
+from motion_module.params import AnimateDiffParams, WindowMode, WindowParams
 from motion_module.windows import PerFrameInputs, schedule
 from scripts.animatediff_webui import denoiser as seam
 from scripts.animatediff_webui.patch_session import PatchSession
 
 FRAMES = 22
 PARAMS = WindowParams(context=8, overlap=2, frame_budget=16)
+
+
+def ad(window: WindowParams) -> AnimateDiffParams:
+    """A job's parameters: FRAMES frames sampled in ``window``."""
+    return AnimateDiffParams(video_length=FRAMES, window=window)
 
 
 class FakeUNet:
@@ -167,7 +172,7 @@ def test_windowed_sampling_routes_every_input(inner_cls, sdxl, layout_name, mode
     params = WindowParams(context=8, overlap=2, frame_budget=16, mode=mode)
 
     with PatchSession() as session:
-        seam.install(session, cfg, params, layout, FRAMES, registry, between=lambda: None)
+        seam.install(session, cfg, ad(params), layout, registry, between=lambda: None)
         for step in range(3):
             with layout.using(FRAMES):
                 expected = reference.forward(*args)
@@ -188,13 +193,13 @@ def test_install_is_exactly_undone_and_idempotent() -> None:
     layout = FrameLayout()
     cfg = FakeCFG(lambda: FakeKDiffusionInner(FakeUNet(layout)))
     session = PatchSession()
-    first = seam.install(session, cfg, PARAMS, layout, FRAMES)
-    assert seam.install(session, cfg, PARAMS, layout, FRAMES) is first  # img2img reuses the sampler
+    first = seam.install(session, cfg, ad(PARAMS), layout)
+    assert seam.install(session, cfg, ad(PARAMS), layout) is first  # img2img reuses the sampler
     assert len(session.step_names) == 1
     second_cfg = FakeCFG(lambda: FakeKDiffusionInner(FakeUNet(layout)))  # hires pass: new sampler
-    seam.install(session, second_cfg, PARAMS, layout, FRAMES)
+    seam.install(session, second_cfg, ad(PARAMS), layout)
     with pytest.raises(RuntimeError, match="earlier AnimateDiff job"):
-        seam.install(PatchSession(), cfg, PARAMS, layout, FRAMES)
+        seam.install(PatchSession(), cfg, ad(PARAMS), layout)
     session.close()
     for c in (cfg, second_cfg):
         assert "forward" not in c.model_wrap.__dict__
@@ -207,7 +212,7 @@ def test_a_forward_set_before_us_is_restored() -> None:
     theirs = lambda x, sigma, **kw: x  # noqa: E731
     cfg.inner_model.forward = theirs
     with PatchSession() as session:
-        seam.install(session, cfg, PARAMS, layout, FRAMES)
+        seam.install(session, cfg, ad(PARAMS), layout)
         assert cfg.model_wrap.forward is not theirs
     assert cfg.model_wrap.forward is theirs
 
@@ -217,7 +222,7 @@ def test_wrapped_after_us_becomes_a_pass_through() -> None:
     unet = FakeUNet(layout)
     cfg = FakeCFG(lambda: FakeKDiffusionInner(unet))
     session = PatchSession()
-    seam.install(session, cfg, PARAMS, layout, FRAMES)
+    seam.install(session, cfg, ad(PARAMS), layout)
     ours = cfg.model_wrap.forward
     cfg.model_wrap.forward = lambda *a, **kw: ours(*a, **kw)  # another extension chains over us
     session.close()
@@ -250,7 +255,7 @@ def test_interrupt_raises_the_webui_exception(monkeypatch) -> None:
 
     cfg = FakeCFG(lambda: FakeKDiffusionInner(CountingUNet(layout)))
     with PatchSession() as session:
-        seam.install(session, cfg, WindowParams(context=8, overlap=2, frame_budget=0), layout, FRAMES)
+        seam.install(session, cfg, ad(WindowParams(context=8, overlap=2, frame_budget=0)), layout)
         with pytest.raises(InterruptedException):
             cfg.forward(*inputs(False, False))
     assert len(calls) == 1 and layout.frames == 0

@@ -4,6 +4,7 @@ exported, and shown as files (UI), base64 strings (API) or first frames (XYZ gri
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import sys
@@ -13,7 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from motion_module.params import ClosedLoop, ExportFormat, ExportParams, Interp
+from motion_module import export_writers
+from motion_module.params import (
+    AnimateDiffParams,
+    ClosedLoop,
+    ExportFormat,
+    ExportParams,
+    Interp,
+    WindowParams,
+)
 from scripts.animatediff_webui import output
 
 F = ExportFormat
@@ -46,28 +55,36 @@ def fake_run(n_iter=2, batch_size=4, grid=True, masks=0, is_api=False, tmp_path=
     return p, processed, frames
 
 
+def video(
+    export: ExportParams, frames: int = 4, closed_loop=ClosedLoop.N, request_id=""
+) -> AnimateDiffParams:
+    """The job's parameters as the output seam reads them."""
+    window = WindowParams(context=16, closed_loop=closed_loop)
+    return AnimateDiffParams(video_length=frames, window=window, export=export, request_id=request_id)
+
+
 def first_pixel_values(images):
     return [img.getpixel((0, 0))[0] for img in images]
 
 
 def test_ui_gets_video_paths_per_video_with_their_infotexts(tmp_path):
-    p, processed, _ = fake_run(tmp_path=tmp_path)
+    p, processed, _ = fake_run(batch_size=3, tmp_path=tmp_path)
     params = ExportParams(formats=(F.GIF, F.MP4, F.PNG))
-    report = output.export_processed(p, processed, params, frames_per_video=3)
+    report = output.export_processed(p, processed, video(params, 3))
     assert not report.errors and len(report.videos) == 2
     names = [s.rsplit("/", 1)[1] for s in processed.images]
-    assert names == ["00000-100.gif", "00000-100.mp4", "00001-104.gif", "00001-104.mp4"]
+    assert names == ["00000-100.gif", "00000-100.mp4", "00001-103.gif", "00001-103.mp4"]
     assert processed.infotexts == ["frame info video 0"] * 2 + ["frame info video 1"] * 2
     assert processed.index_of_first_image == 0
     with Image.open(processed.images[2]) as gif:
-        assert gif.n_frames == 3  # the first frames_per_video of the second iteration
-    assert first_pixel_values(report.videos[1].frames) == [40, 50, 60]
+        assert gif.n_frames == 3  # the frames of the second iteration
+    assert first_pixel_values(report.videos[1].frames) == [30, 40, 50]
 
 
 def test_api_gets_base64_videos_then_every_frame_of_every_video(tmp_path):
     p, processed, frames = fake_run(is_api=True, tmp_path=tmp_path)
     params = ExportParams(formats=(F.GIF, F.WEBP, F.PNG, F.FRAME), webp_lossless=True)
-    report = output.export_processed(p, processed, params, frames_per_video=4, request_id="job-1")
+    report = output.export_processed(p, processed, video(params, 4, request_id="job-1"))
     assert all(isinstance(s, str) for s in processed.images)
     assert len(processed.images) == 2 * 2 + 8 and len(processed.infotexts) == len(processed.images)
     assert base64.b64decode(processed.images[2]) == report.videos[1].paths[F.GIF].read_bytes()
@@ -78,13 +95,13 @@ def test_api_gets_base64_videos_then_every_frame_of_every_video(tmp_path):
 
 def test_mask_images_after_each_frame_are_skipped(tmp_path):
     p, processed, frames = fake_run(n_iter=1, grid=False, masks=2, tmp_path=tmp_path)
-    report = output.export_processed(p, processed, ExportParams(formats=(F.TXT,)), frames_per_video=4)
+    report = output.export_processed(p, processed, video(ExportParams(formats=(F.TXT,)), 4))
     assert first_pixel_values(report.videos[0].frames) == first_pixel_values(frames)
 
 
 def test_xyz_grid_cell_gets_first_frames(tmp_path):
     p, processed, frames = fake_run(tmp_path=tmp_path)
-    output.export_processed(p, processed, ExportParams(formats=(F.GIF,)), frames_per_video=4, for_grid=True)
+    output.export_processed(p, processed, video(ExportParams(formats=(F.GIF,))), for_grid=True)
     assert first_pixel_values(processed.images) == [0, 40]
     assert processed.infotexts == ["frame info video 0", "frame info video 1"]
 
@@ -92,16 +109,22 @@ def test_xyz_grid_cell_gets_first_frames(tmp_path):
 def test_closed_loop_a_ping_pongs_the_video(tmp_path):
     p, processed, _ = fake_run(n_iter=1, tmp_path=tmp_path)
     report = output.export_processed(
-        p, processed, ExportParams(formats=(F.GIF,)), frames_per_video=4, closed_loop=ClosedLoop.A, context=16
+        p, processed, video(ExportParams(formats=(F.GIF,)), closed_loop=ClosedLoop.A)
     )
     assert first_pixel_values(report.videos[0].frames) == [0, 10, 20, 30, 20, 10]
 
 
-def test_errors_reach_comments_and_frames_stay_when_nothing_playable(tmp_path):
+def test_errors_reach_comments_and_frames_stay_when_nothing_playable(tmp_path, monkeypatch):
+    def broken(job, path):
+        raise export_writers.ExportError("GIF: the encoder is missing")
+
+    monkeypatch.setitem(
+        export_writers.WRITERS, F.GIF, dataclasses.replace(export_writers.WRITERS[F.GIF], write=broken)
+    )
     p, processed, _ = fake_run(n_iter=1, tmp_path=tmp_path)
     before = list(processed.images)
-    report = output.export_processed(p, processed, ExportParams(formats=("AVI", F.PNG)), frames_per_video=4)
-    assert report.errors and "AVI not written" in processed.comments
+    report = output.export_processed(p, processed, video(ExportParams(formats=(F.GIF, F.PNG)), 4))
+    assert report.errors and "GIF not written: the encoder is missing" in processed.comments
     assert processed.images == before  # PNG/TXT only: the gallery keeps showing the frames
     assert report.paths[0].is_dir()
 
@@ -115,7 +138,7 @@ def test_interpolation_uses_the_given_interpolator(tmp_path):
         calls.append((len(frames), x))
         return [f for f in frames[:-1] for _ in range(x)] + [frames[-1]]
 
-    report = output.export_processed(p, processed, params, frames_per_video=4, interpolator=doubler)
+    report = output.export_processed(p, processed, video(params), interpolator=doubler)
     assert calls == [(4, 2)] and len(report.videos[0].frames) == 7
 
 
@@ -161,7 +184,7 @@ def test_unsplittable_image_list_is_a_clear_error(tmp_path):
     p, processed, _ = fake_run(n_iter=1, grid=False, tmp_path=tmp_path)
     processed.images.append(frame(1))  # one stray image the layout cannot explain
     with pytest.raises(RuntimeError, match="cannot split 5 images into 4 frames"):
-        output.export_processed(p, processed, ExportParams(formats=(F.GIF,)), frames_per_video=4)
+        output.export_processed(p, processed, video(ExportParams(formats=(F.GIF,)), 4))
 
 
 def test_deforum_film_is_found_when_its_package_is_importable(monkeypatch, tmp_path):

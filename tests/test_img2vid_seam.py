@@ -43,19 +43,20 @@ def test_each_batch_blends_from_the_original_latent_with_its_own_seeds():
     original = p.init_latent
     session = PatchSession()
     params = Img2VidParams(latent_scale=4)
-    assert img2vid.blend_init_latent(p, session, params, noise_fn=seed_noise)
+    start = img2vid.blend_init_latent(p, session, params, noise_fn=seed_noise)
+    assert start is not None and start.first is original
     batch0 = p.init_latent
     w = blend_weights(6, params, has_last=False)
     torch.testing.assert_close(batch0[0], original[0])
     torch.testing.assert_close(batch0[3], w.first[3] * original[0] + w.noise[3] * seed_noise(p, (C, H, W))[3])
 
     p.seeds = list(range(106, 112))  # next batch (video): new seeds, same original image
-    img2vid.blend_init_latent(p, session, params, noise_fn=seed_noise)
+    img2vid.blend_init_latent(p, session, params, start, noise_fn=seed_noise)
     torch.testing.assert_close(p.init_latent[0], original[0])
     assert not torch.allclose(p.init_latent[3], batch0[3])
 
     p.seeds = list(range(100, 106))  # same seeds -> same latents
-    img2vid.blend_init_latent(p, session, params, noise_fn=seed_noise)
+    img2vid.blend_init_latent(p, session, params, start, noise_fn=seed_noise)
     assert torch.equal(p.init_latent, batch0)
     session.close()
     assert p.init_latent is original
@@ -70,10 +71,10 @@ def test_last_frame_is_encoded_once_and_pins_the_final_frame():
         calls.append(image)
         return e1
 
-    session = PatchSession()
+    session, start = PatchSession(), None
     for _ in range(2):
-        img2vid.blend_init_latent(
-            p, session, Img2VidParams(), last_image="last.png", noise_fn=seed_noise, encode_fn=encode
+        start = img2vid.blend_init_latent(
+            p, session, Img2VidParams(), start, last_image="last.png", noise_fn=seed_noise, encode_fn=encode
         )
     assert calls == ["last.png"]
     torch.testing.assert_close(p.init_latent[-1], e1[0])

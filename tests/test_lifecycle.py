@@ -19,6 +19,7 @@ import scripts.animatediff_webui as adapter
 from motion_module import layers
 from motion_module.injection import MotionBlock
 from motion_module.spec import SPECS, Family, alphas_cumprod
+from scripts.animatediff_webui import job as jobs
 from scripts.animatediff_webui import lifecycle
 from scripts.animatediff_webui.patch_session import PatchSession
 
@@ -71,8 +72,8 @@ class FakeDenoiserSeam(types.ModuleType):
         super().__init__("scripts.animatediff_webui.denoiser")
         self.installs = []
 
-    def install(self, session, cfg_denoiser, window, layout, frames, per_frame_inputs):
-        self.installs.append((window.context, frames))
+    def install(self, session, cfg_denoiser, params, layout, per_frame_inputs=None):
+        self.installs.append((params.window.context, params.frames))
         saved = cfg_denoiser.inner_model
         session.step(
             "windowed denoiser",
@@ -135,7 +136,7 @@ def webui(monkeypatch, mm_dir, unet):
     monkeypatch.setattr(adapter, "denoiser", seam, raising=False)
     exported = []
     monkeypatch.setattr(
-        lifecycle.output,
+        jobs.output,
         "export_processed",
         lambda p, processed, params, **kw: exported.append((params, kw)) or SimpleNamespace(errors=[]),
     )
@@ -237,7 +238,7 @@ def test_success_applies_every_step_and_postprocess_restores_bit_identical(webui
         assert not torch.equal(run_unet(webui.unet), before["output"])  # frames now influence each other
     assert p.sample() == "samples"
     lifecycle.postprocess(p, SimpleNamespace(images=[]))
-    assert len(webui.exported) == 1 and webui.exported[0][1]["frames_per_video"] == FRAMES
+    assert len(webui.exported) == 1 and webui.exported[0][0].frames == FRAMES
     assert lifecycle.job_of(p) is None
     assert_unchanged(before, webui.sd_model, webui.unet)
     assert p.sampler.model_wrap_cfg.inner_model == "inner"
@@ -295,10 +296,10 @@ def count_steps(webui):
     PatchSession.step = recording
     try:
         p = FakeP()
-        start(p, api_args())
-        lifecycle.postprocess(p, SimpleNamespace(images=[]))
+        start(p, api_args())  # the steps up to sampling (export's own step is tested elsewhere)
     finally:
         PatchSession.step = real_step
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
     return names
 
 
@@ -476,15 +477,23 @@ def test_img2img_init_image_count_must_fit_the_frames(webui):
         p.setup_prompts()
 
 
-def test_export_progress_and_png_through_webui(webui):
+def test_export_progress_and_png_through_webui(webui, monkeypatch):
     webui.shared.opts.data["animatediff_save_to_custom"] = False
     p = FakeP()
     start(p, api_args(format=["GIF", "PNG"]))
     assert not p.do_not_save_samples  # the WebUI saves the PNG frames itself
+    state = webui.shared.state
+    seen = []
+    monkeypatch.setattr(
+        jobs.output,
+        "export_processed",
+        lambda p, processed, params, **kw: seen.append((params, state.job_no, state.job_count, state.textinfo)),
+    )
     lifecycle.postprocess(p, SimpleNamespace(images=[]))
-    params, _ = webui.exported[-1]
-    assert [f.value for f in params.formats] == ["GIF"]
-    assert webui.shared.state.job_no == 1 and webui.shared.state.job_count == 2
+    params, job_no, job_count, text = seen[-1]
+    assert [f.value for f in params.export.formats] == ["GIF"]
+    assert (job_no, job_count, text) == (0, 2, "AnimateDiff: saving the video")  # its own phase
+    assert (state.job_no, state.job_count, state.textinfo) == (0, 1, "")  # given back after the job
 
 
 def test_real_denoiser_seam_wraps_and_unwraps_the_inner_model(webui, monkeypatch):

@@ -10,14 +10,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from motion_module.frames import FrameLayout
-from motion_module.params import ClosedLoop, Fusion, WindowMode, WindowParams
+from motion_module.params import (
+    AnimateDiffParams,
+    ClosedLoop,
+    Fusion,
+    ParamsError,
+    WindowMode,
+    WindowParams,
+    check_fits_module,
+    parse_params,
+)
 from motion_module.window_fusion import FusionBuffer, fusion_weights
 from motion_module.windows import (
     PerFrameInputs,
     WindowedDenoiser,
     ordered_halving,
     schedule,
-    validate_window_params,
 )
 
 LOOPS = list(ClosedLoop)
@@ -105,31 +113,33 @@ def test_schedule_properties(frames, context, stride, overlap_frac, loop, step, 
 
 
 @pytest.mark.parametrize(
-    "changes,field",
+    "request_,field,value",
     [
-        ({"context": 0}, "context"),
-        ({"context": 40}, "context"),
-        ({"overlap": 16}, "overlap"),
-        ({"overlap": -2}, "overlap"),
-        ({"stride": 0}, "stride"),
-        ({"frame_budget": -1}, "frame_budget"),
-        ({"closed_loop": "X"}, "closed_loop"),
-        ({"fusion": "sum"}, "fusion"),
-        ({"mode": "views"}, "mode"),
+        ({"batch_size": 0}, "batch_size", 0),
+        ({"batch_size": 65}, "batch_size", 65),
+        ({"batch_size": 16, "overlap": 16}, "overlap", 16),
+        ({"overlap": -2}, "overlap", -2),
+        ({"stride": 0}, "stride", 0),
+        ({"closed_loop": "X"}, "closed_loop", "X"),
     ],
 )
-def test_validation_names_field_and_value(changes, field) -> None:
-    (value,) = changes.values()
-    with pytest.raises(ValueError, match=field) as error:
-        validate_window_params(WindowParams(**changes), pe_length=32)
-    assert repr(value) in str(error.value)  # the offending value, as given
+def test_window_values_are_refused_by_the_parser_naming_field_and_value(request_, field, value) -> None:
+    """The parser is the one place window values are validated; the schedule trusts them."""
+    with pytest.raises(ParamsError, match=field) as error:
+        parse_params({"enable": True} | request_)
+    assert repr(value) in str(error.value) or str(value) in str(error.value)
 
 
-def test_validation_accepts_defaults_and_pe_limit() -> None:
-    validate_window_params(WindowParams())
-    validate_window_params(WindowParams(context=24), pe_length=24)
-    with pytest.raises(ValueError, match="at most 24"):
-        validate_window_params(WindowParams(context=32), pe_length=24)
+def test_frame_budget_setting_is_validated_by_the_parser() -> None:
+    base = AnimateDiffParams(window=WindowParams(frame_budget=-1))
+    with pytest.raises(ParamsError, match="frame budget = -1"):
+        parse_params({"enable": True}, base=base)
+
+
+def test_context_must_fit_the_modules_position_slots() -> None:
+    check_fits_module(parse_params({"batch_size": 24}), 24, "v1")
+    with pytest.raises(ParamsError, match="batch_size = 32 .* only 24 position slots"):
+        check_fits_module(parse_params({"batch_size": 32}), 24, "mm_sd_v15.ckpt (v1)")
 
 
 # --- fusion -----------------------------------------------------------------------------------

@@ -1,19 +1,17 @@
 """Host seam for prompt travel and cond/uncond token lengths: per-frame prompt lists on ``p``,
 equal-length conditioning, and per-frame interpolated conditioning in ``on_cfg_denoiser``.
 
-Owns every change prompt travel makes to WebUI objects (each through ``PatchSession``); the
-syntax and the maths live in ``motion_module.prompt_travel``. Imports no WebUI module at load.
-
-When each public function is called (by the lifecycle, issue 6):
-- ``prepare_prompts``: in ``before_process``, after ``p.batch_size`` = frames and ``p.n_iter`` are
-  final, before the WebUI's ``setup_prompts`` (so ``p.all_prompts`` becomes the per-frame list and
-  the WebUI encodes each distinct prompt once: ``get_learned_conditioning`` dedups a batch).
-- ``pad_conditioning``: in ``process_before_every_sampling`` (every pass: txt2img, hires, img2img),
-  with its ``c`` and ``uc`` kwargs: these are the very lists the sampler will read.
-- ``on_cfg_denoiser``: from the registered ``on_cfg_denoiser`` callback, on every denoiser call
-  while an AnimateDiff session is active (with or without travel: it also equalises lengths).
+The syntax and the maths live in ``motion_module.prompt_travel``; the writes to WebUI objects go
+through ``host_changes``. Imports no WebUI module at load. When each public function runs:
+- ``prepare_prompts``: in ``before_process``, before the WebUI's ``setup_prompts`` (which turns
+  ``p.prompt`` lists into ``p.all_prompts``; ``get_learned_conditioning`` then encodes each
+  distinct prompt once, so per-frame lists cost one encode per keyframe).
+- ``pad_conditioning``: in ``process_before_every_sampling`` (every pass: txt2img, hires,
+  img2img), with its ``c`` and ``uc``: these are the very lists the sampler will read.
+- ``on_cfg_denoiser``: from the ``on_cfg_denoiser`` callback, on every denoiser call of the job
+  (with or without travel: it also equalises cond/uncond lengths).
 - ``restore_infotext_prompts``: in ``postprocess_batch_list``, so saved frames and the infotext
-  carry the user's original multi-line prompt instead of the composed per-frame prompt.
+  carry the user's multi-line prompt instead of the composed per-frame prompt.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Any
 
 import torch
 
-from motion_module.params import ClosedLoop, TravelInterpolation
+from motion_module.params import AnimateDiffParams, TravelInterpolation
 from motion_module.prompt_travel import (
     TravelSchedule,
     interpolate_frames,
@@ -35,19 +33,19 @@ from motion_module.prompt_travel import (
     should_wrap,
 )
 
+from . import host_changes
 from .patch_session import PatchSession
 
 log = logging.getLogger("animatediff")
 
-KEY = "prompt_travel"  # session.data slot holding the TravelState
 CONTROLNET_MARK = 1024.0  # sd-webui-controlnet prepends a token row of ±1024 to every cond/uncond
 _MARK_EPS = 1e-3
 
 
 @dataclass
 class TravelState:
-    """Per-job travel data kept in the session (never in a global): schedules per video, the
-    original prompts for the infotext, and the interpolation cache of the current pass."""
+    """Per-job travel data, held by the job: schedules per video, the original prompts for the
+    infotext, and the interpolation cache of the current pass."""
 
     positive: tuple[TravelSchedule, ...] | None
     negative: tuple[TravelSchedule, ...] | None
@@ -69,20 +67,13 @@ class TravelState:
         return plans[min(video, len(plans) - 1)] if plans else None
 
 
-def prepare_prompts(
-    p: Any,
-    session: PatchSession,
-    *,
-    closed_loop: ClosedLoop,
-    context: int,
-    interpolation: TravelInterpolation = TravelInterpolation.SLERP,
-) -> TravelState | None:
+def prepare_prompts(p: Any, session: PatchSession, params: AnimateDiffParams) -> TravelState | None:
     """Parse the prompts on ``p`` and, if anything travels, replace them by per-frame lists.
 
     Raises ``PromptTravelError`` (quoting the bad line) before changing anything. Returns the
-    state stored in ``session.data[KEY]``, or None when no prompt has keyframes.
+    job's travel state, or None when no prompt has keyframes.
     """
-    frames, videos = int(p.batch_size), int(p.n_iter)
+    frames, videos = params.frames, int(p.n_iter)
     positive = plan_videos(p.prompt, frames, videos)
     negative = plan_videos(p.negative_prompt, frames, videos)
     hr_positive = hr_negative = None  # None: the hires pass reuses the first pass's prompts
@@ -94,6 +85,7 @@ def prepare_prompts(
     if not (positive or negative or hr_positive or hr_negative):
         return None
 
+    window = params.window
     state = TravelState(
         positive=positive,
         negative=negative,
@@ -101,23 +93,18 @@ def prepare_prompts(
         hr_negative=hr_negative,
         original_prompts=_per_frame(p.prompt, frames * videos),
         original_negative_prompts=_per_frame(p.negative_prompt, frames * videos),
-        wrap=should_wrap(closed_loop, frames, context),
-        mode=TravelInterpolation(interpolation),
+        wrap=should_wrap(window.closed_loop, frames, window.context),
+        mode=params.travel_interpolation,
     )
     fields = {"prompt": positive, "negative_prompt": negative}
     if getattr(p, "enable_hr", False):  # setup_prompts copies an empty hr prompt from p.prompt
         fields.update(hr_prompt=hr_positive, hr_negative_prompt=hr_negative)
-    for name, plans in fields.items():
-        if not plans and not name.startswith("hr_"):
-            continue
-        saved = getattr(p, name, None)
-        new = [prompt for s in plans for prompt in s.prompts] if plans else saved
-        session.step(
-            f"prompt travel: p.{name}",
-            lambda name=name, new=new: setattr(p, name, new),
-            lambda name=name, saved=saved: setattr(p, name, saved),
-        )
-    session.data[KEY] = state
+    values = {
+        name: [prompt for s in plans for prompt in s.prompts] if plans else getattr(p, name, None)
+        for name, plans in fields.items()
+        if plans or name.startswith("hr_")
+    }
+    host_changes.prompts(session, p, values)
     for label, plans in (("prompt", positive), ("negative prompt", negative)):
         if plans:
             log.info("AnimateDiff prompt travel (%s, %s): %s", label, state.mode.value, plans[0].describe())
@@ -153,11 +140,7 @@ def pad_conditioning(session: PatchSession, p: Any, c: Any, uc: Any) -> None:
         original = holder[i]
         if _tokens(original.cond).shape[-2] == _tokens(new).shape[-2]:
             continue
-        session.step(
-            "pad conditioning",
-            lambda holder=holder, i=i, new=new: holder.__setitem__(i, holder[i]._replace(cond=new)),
-            lambda holder=holder, i=i, original=original: holder.__setitem__(i, original),
-        )
+        host_changes.conditioning_entry(session, holder, i, original._replace(cond=new))
     log.debug("AnimateDiff: padded conditioning from %s to %d tokens", sorted(lengths), max(lengths))
 
 
@@ -179,7 +162,7 @@ def _slots(conditioning: Any) -> list[tuple[list, int]]:
     return slots
 
 
-def on_cfg_denoiser(session: PatchSession, params: Any) -> None:
+def on_cfg_denoiser(state: TravelState | None, params: Any) -> None:
     """Substitute per-frame interpolated conditioning and give cond and uncond one length.
 
     ``params`` is the WebUI's ``CFGDenoiserParams``; ``text_cond`` rows are frames (one video),
@@ -191,7 +174,6 @@ def on_cfg_denoiser(session: PatchSession, params: Any) -> None:
     p = getattr(params.denoiser, "p", None)
     pad_rows = _empty_rows(p)
     cond, uncond = params.text_cond, params.text_uncond
-    state: TravelState | None = session.data.get(KEY)
     if state is not None and p is not None:
         video, hires = int(getattr(p, "iteration", 0) or 0), bool(getattr(p, "is_hr_pass", False))
         for negative in (False, True):
@@ -206,7 +188,7 @@ def on_cfg_denoiser(session: PatchSession, params: Any) -> None:
         cond, uncond = (
             _like(x, y) for x, y in zip((cond, uncond), pad_tokens([cond, uncond], pad_rows), strict=True)
         )
-    params.text_cond, params.text_uncond = cond, uncond
+    host_changes.cfg_conditioning(params, cond, uncond)
 
 
 def _travel(state: TravelState, key: tuple, schedule: TravelSchedule, batch: Any, pad_rows: Any) -> Any:
@@ -239,24 +221,19 @@ def _travel(state: TravelState, key: tuple, schedule: TravelSchedule, batch: Any
     return result
 
 
-def restore_infotext_prompts(p: Any, session: PatchSession, batch_number: int) -> None:
+def restore_infotext_prompts(p: Any, state: TravelState | None, frames: int, batch_number: int) -> None:
     """Write the original (multi-line) prompts into this batch's infotext prompts."""
-    state: TravelState | None = session.data.get(KEY)
     if state is None:
         return
-    lo, hi = batch_number * p.batch_size, (batch_number + 1) * p.batch_size
+    lo, hi = batch_number * frames, (batch_number + 1) * frames
     styles = getattr(p, "styles", None) or []
     for travels, name, originals, negative in (
         (state.positive, "prompts", state.original_prompts, False),
         (state.negative, "negative_prompts", state.original_negative_prompts, True),
     ):
-        if not travels:
-            continue
-        texts = [_apply_styles(text, styles, negative) for text in originals[lo:hi]]
-        setattr(p, name, texts)
-        all_name = "all_" + name
-        if isinstance(getattr(p, all_name, None), list):
-            getattr(p, all_name)[lo:hi] = texts
+        if travels:
+            texts = [_apply_styles(text, styles, negative) for text in originals[lo:hi]]
+            host_changes.infotext_prompts(p, name, texts, lo)
 
 
 def _apply_styles(text: str, styles: list[str], negative: bool) -> str:

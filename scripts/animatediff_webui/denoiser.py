@@ -2,8 +2,9 @@
 
 ``CFGDenoiser.forward`` (shared by the k-diffusion, timestep and LCM samplers) calls
 ``self.inner_model(x_in, sigma_in, cond={...})`` with whole-video row blocks; we replace that inner
-model's ``forward`` on the instance with a ``motion_module.windows.WindowedDenoiser`` through the
-patch session (exact undo). Imports WebUI modules only lazily, inside the interrupt check.
+model's ``forward`` on the instance with a ``motion_module.windows.WindowedDenoiser`` (the write and
+its exact undo are ``host_changes.denoiser_forward``). Imports WebUI modules only lazily, inside
+the interrupt check.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from motion_module.frames import FrameLayout
-from motion_module.params import WindowParams
+from motion_module.params import AnimateDiffParams
 from motion_module.windows import PerFrameInputs, WindowedDenoiser
 
+from . import host_changes
 from .patch_session import PatchSession
 
 log = logging.getLogger("animatediff")
@@ -32,6 +34,9 @@ class WindowedForward:
         self.windowed, self.original, self.session = windowed, original, session
         self.active = True
 
+    def deactivate(self) -> None:
+        self.active = False
+
     def __call__(self, x: Any, sigma: Any, **kwargs: Any) -> Any:
         if not self.active:
             return self.original(x, sigma, **kwargs)
@@ -41,9 +46,8 @@ class WindowedForward:
 def install(
     session: PatchSession,
     cfg_denoiser: Any,
-    params: WindowParams,
+    params: AnimateDiffParams,
     layout: FrameLayout,
-    frames: int,
     per_frame_inputs: PerFrameInputs | None = None,
     between: Callable[[], None] | None = None,
 ) -> WindowedDenoiser:
@@ -56,13 +60,12 @@ def install(
     the existing wrapper). Calling it again from ``on_cfg_denoiser`` is cheap and re-wraps a
     denoiser whose inner model the WebUI rebuilt (``update_inner_model``).
 
-    ``frames`` is the video length (= ``p.batch_size``); every inner call must hold whole
-    ``frames``-row blocks ([cond | uncond], one of them, or three for edit models), which is true
-    with and without "batch cond/uncond", with unequal cond/uncond lengths and with uncond
-    skipped, but not with ``AND`` prompts (several cond rows per frame, interleaved).
-    ``per_frame_inputs`` slices extra per-frame tensors (ControlNet hints) for each window.
-    ``between`` runs before each windowed UNet call; by default it raises the WebUI's
-    ``InterruptedException`` on Interrupt/Skip, so long videos stop within one window.
+    Every inner call must hold whole ``params.frames``-row blocks ([cond | uncond], one of them,
+    or three for edit models), which is true with and without "batch cond/uncond", with unequal
+    cond/uncond lengths and with uncond skipped, but not with ``AND`` prompts (several cond rows
+    per frame, interleaved). ``per_frame_inputs`` slices extra per-frame tensors (ControlNet
+    hints) for each window. ``between`` runs before each windowed UNet call; by default it raises
+    the WebUI's ``InterruptedException`` on Interrupt/Skip, so long videos stop within one window.
     """
     inner = cfg_denoiser.inner_model  # the property creates the WebUI's model wrapper if needed
     current = inner.__dict__.get("forward")
@@ -74,37 +77,19 @@ def install(
             "closed; close that job's session first"
         )
 
-    had_own = "forward" in inner.__dict__
     original = inner.forward
     windowed = WindowedDenoiser(
         original,
-        params,
+        params.window,
         layout,
-        frames,
+        params.frames,
         step=lambda: cfg_denoiser.step,
         per_frame=per_frame_inputs,
         between=between or raise_if_interrupted,
     )
     forward = WindowedForward(windowed, original, session)
-
-    def apply() -> None:
-        inner.forward = forward
-
-    def undo() -> None:
-        forward.active = False
-        if inner.__dict__.get("forward") is not forward:
-            log.warning(
-                "AnimateDiff: %s.forward was replaced after ours; our window wrapper stays in its "
-                "chain as a pass-through",
-                type(inner).__name__,
-            )
-        elif had_own:
-            inner.forward = current
-        else:
-            del inner.forward
-
-    session.step(f"windowed denoiser on {type(inner).__name__}", apply, undo)
-    log.debug("AnimateDiff: windowed %s (%d frames, %s)", type(inner).__name__, frames, params)
+    host_changes.denoiser_forward(session, inner, forward, on_undo=forward.deactivate)
+    log.debug("AnimateDiff: windowed %s (%d frames, %s)", type(inner).__name__, params.frames, params.window)
     return windowed
 
 

@@ -1,26 +1,17 @@
 """What the WebUI has loaded, as plain handles (SD1.5 or SDXL, its UNet, dtype and device), and
-the session steps that change that model: inject, beta schedule, Lora layer names.
+the names the motion layers get for the builtin Lora extension.
 
-The only place that reads the WebUI model object's flags. SD2, SD3 and anything else without
+The only place that reads the WebUI model object's flags; it changes nothing (see host_changes). SD2, SD3 and anything else without
 motion modules is refused here with a message, before any host object changes.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from motion_module import injection as mm_injection
-from motion_module import spec as mm_spec
-from motion_module.frames import FrameLayout
-from motion_module.loading import LoadedMotionModule
-
-from .patch_session import PatchSession
 
 log = logging.getLogger("animatediff")
 
@@ -99,117 +90,30 @@ def _checkpoint_name(sd_model: Any) -> str:
     )
 
 
-# --- the model steps of a patch session ---------------------------------------------------
+# --- names the builtin Lora extension knows the motion layers by -----------------------------
 
 
-def open_model_steps(
-    session: PatchSession, host: HostModel, loaded: LoadedMotionModule, layout: FrameLayout
-) -> None:
-    """Every change to the model, each with its undo: inject (with the UNet GroupNorm variant
-    where the family needs it), the family's beta schedule, Lora names for motion LoRAs."""
-    injected = session.step(
-        "inject motion module",
-        lambda: mm_injection.inject(host.unet, loaded, layout, host.base),
-        lambda injection: injection.remove(),
-    )
-    log.info(
-        "AnimateDiff: injected %s into the %s UNet (%d sites)",
-        loaded.spec.label,
-        host.base,
-        len(injected.blocks),
-    )
-    session.step(
-        "beta schedule",
-        lambda: swap_schedule(host.sd_model, mm_spec.alphas_cumprod(loaded.spec)),
-        lambda undo: undo(),
-    )
-    log.info("AnimateDiff: beta schedule %s", loaded.spec.beta_schedule.kind)
-    session.step(
-        "Lora layer names",
-        lambda: name_motion_layers(host.sd_model, host.unet, injected, host.dtype),
-        lambda undo: undo(),
-    )
-    session.step("forget cached Lora networks", forget_cached_networks, lambda _: None)
-
-
-_MISSING = object()
-
-
-def swap_schedule(sd_model: Any, alphas: torch.Tensor) -> Callable[[], None]:
-    """Set ``alphas_cumprod`` and its ``_original`` twin (the WebUI resets the first from the
-    second every batch) to the family's schedule; return the exact undo."""
-    old = sd_model.alphas_cumprod
-    old_original = getattr(sd_model, "alphas_cumprod_original", _MISSING)
-    new = alphas.to(device=old.device, dtype=old.dtype)
-    sd_model.alphas_cumprod = new
-    sd_model.alphas_cumprod_original = new
-
-    def undo() -> None:
-        sd_model.alphas_cumprod = old
-        if old_original is _MISSING:
-            del sd_model.alphas_cumprod_original
-        else:
-            sd_model.alphas_cumprod_original = old_original
-
-    return undo
-
-
-def forget_cached_networks() -> None:
-    """Make the builtin Lora extension read the prompt's LoRAs again for this job. It reuses a
-    network read for an earlier job with the layers it matched then; one read while no motion
-    layers were registered matched none of them and would leave a motion LoRA out, silently.
-    Marking the cached networks out of date (it re-reads a file newer than its ``mtime``) keeps
-    the rest of its bookkeeping (bundled embeddings) as it is. A cache: nothing to undo."""
-    networks = sys.modules.get("networks")  # the builtin Lora extension's module
-    loaded, in_memory = (getattr(networks, n, None) for n in ("loaded_networks", "networks_in_memory"))
-    if isinstance(loaded, list) and isinstance(in_memory, dict):
-        for net in [*loaded, *in_memory.values()]:
-            net.mtime = float("-inf")
-
-
-def name_motion_layers(
-    sd_model: Any, unet: torch.nn.Module, injected: Any, dtype: torch.dtype | None = None
-) -> Callable[[], None]:
-    """Make motion LoRAs in the prompt (``<lora:…>``) reach the injected layers through the builtin
-    Lora extension; return the exact undo.
+def motion_layer_names(
+    unet: torch.nn.Module, injected: Any, dtype: torch.dtype | None = None
+) -> dict[str, Any]:
+    """{Lora layer name: module} for every layer of the injected motion modules.
 
     A1111-converted motion LoRAs key each layer by its motion-module path with "." → "_"
-    (``down_blocks_0_motion_modules_0_…_to_q.lora_down.weight``). The extension files a LoRA's
-    weights under the mapping key it matched and applies them to the layer whose
-    ``network_layer_name`` equals that key, so both are that one name. Its LoRA loader accepts only
-    layers whose type is exactly ``nn.Linear`` (network_lora.py), so for the session the motion
-    Linears that compute in the working dtype are plain ``nn.Linear`` (same forward); Linears
-    stored in another dtype (FP8) keep their casting forward and are left out of the mapping.
+    (``down_blocks_0_motion_modules_0_…_to_q.lora_down.weight``). The Lora extension files a
+    LoRA's weights under the ``network_layer_mapping`` key a file key matched and applies them to
+    the layer whose ``network_layer_name`` equals that key, so both are that one name
+    (``host_changes.lora_layer_names`` sets them). Linears stored in another dtype than the
+    working one (FP8 storage) keep their casting forward and are left out.
     """
-    mapping = getattr(sd_model, "network_layer_mapping", None)
-    if not isinstance(mapping, dict):
-        return lambda: None
     ours = {id(block) for block in injected.blocks}
-    added: dict[str, Any] = {}
-    retyped: list[tuple[torch.nn.Module, type]] = []
+    layers: dict[str, Any] = {}
     left_out = 0
     for block in [m for m in unet.modules() if id(m) in ours]:
         for inner, module in block.motion.named_modules():
-            if isinstance(module, torch.nn.Linear) and type(module) is not torch.nn.Linear:
-                if dtype is not None and module.weight.dtype != dtype:
-                    left_out += 1
-                    continue
-                retyped.append((module, type(module)))
-                module.__class__ = torch.nn.Linear
-            key = f"{block.prefix}.{inner}".rstrip(".").replace(".", "_")
-            added.setdefault(key, mapping.get(key, _MISSING))
-            mapping[key] = module
-            module.network_layer_name = key
+            if isinstance(module, torch.nn.Linear) and dtype is not None and module.weight.dtype != dtype:
+                left_out += 1
+                continue
+            layers.setdefault(f"{block.prefix}.{inner}".rstrip(".").replace(".", "_"), module)
     if left_out:
         log.info("AnimateDiff: motion LoRAs skip %d motion layers stored in another dtype (FP8)", left_out)
-
-    def undo() -> None:
-        for module, cls in reversed(retyped):
-            module.__class__ = cls
-        for key, previous in added.items():
-            if previous is _MISSING:
-                mapping.pop(key, None)
-            else:
-                mapping[key] = previous
-
-    return undo
+    return layers

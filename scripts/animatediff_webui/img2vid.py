@@ -1,22 +1,21 @@
 """Host seam for img2vid on the img2img tab: per-frame starting latents from the init image, an
 optional last image and noise drawn from the WebUI's per-frame seeds.
 
-Owns the replacement of ``p.init_latent`` (through ``PatchSession``); the weights and the blend
-live in ``motion_module.latents``. WebUI modules are imported inside functions only.
+The weights and the blend live in ``motion_module.latents``; ``p.init_latent`` is replaced through
+``host_changes``. WebUI modules are imported inside functions only.
 
-Called by the lifecycle (issue 6) in ``before_process_batch`` on the img2img tab (not the Batch
-tab) when AnimateDiff is on: ``p.init`` has already VAE-encoded the init image into
-``p.init_latent`` (once per job, reused by every batch) and the per-batch ``p.seeds`` are set, and
-the sampler reads ``p.init_latent`` later in ``p.sample``. Rebinding the attribute there is enough
-(unlike ``process_before_every_sampling``, whose ``x`` would have to be edited in place). The
-original latent is kept in the session, so every batch (video) blends from the real image and
-the WebUI gets it back when the session closes.
+Runs in ``before_process_batch`` on the img2img tab (not the Batch tab): ``p.init`` has already
+VAE-encoded the init image into ``p.init_latent`` (once per job, reused by every batch) and the
+per-batch ``p.seeds`` are set, and the sampler reads ``p.init_latent`` later in ``p.sample``.
+Rebinding the attribute there is enough. The encoded images are kept in the job
+(``StartLatents``), so every batch (video) blends from the real image.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,48 +23,50 @@ import torch
 from motion_module.latents import blend_latents, blend_weights
 from motion_module.params import Img2VidParams
 
+from . import host_changes
 from .patch_session import PatchSession
 
 log = logging.getLogger("animatediff")
 
-KEY = "img2vid"  # session.data slot: {"first": E0 (f, c, h, w), "last": E1 or None}
-
 NoiseFn = Callable[[Any, tuple[int, ...]], torch.Tensor]  # (p, (c, h, w)) -> (f, c, h, w)
 EncodeFn = Callable[[Any, Any], torch.Tensor]  # (p, PIL image) -> (1, c, h, w)
+
+
+@dataclass(frozen=True)
+class StartLatents:
+    """The WebUI's encoded init image(s) (f, c, h, w) and the encoded last image (1, c, h, w)."""
+
+    first: torch.Tensor
+    last: torch.Tensor | None
 
 
 def blend_init_latent(
     p: Any,
     session: PatchSession,
     params: Img2VidParams,
+    start: StartLatents | None = None,
     last_image: Any = None,
     *,
     noise_fn: NoiseFn | None = None,
     encode_fn: EncodeFn | None = None,
-) -> bool:
-    """Replace ``p.init_latent`` by this batch's blended per-frame latents; False if skipped.
+) -> StartLatents | None:
+    """Replace ``p.init_latent`` by this batch's blended per-frame latents.
 
-    Skipped (logged) when several init images were given: then every frame already has its own
+    ``start`` is what the first batch returned (None for the first batch); ``last_image`` (a PIL
+    image) is encoded only then. Returns None, and
+    changes nothing, when several init images were given: then every frame already has its own
     image (video-to-video), and blending them toward the first would discard them.
     """
     if len(getattr(p, "init_images", None) or []) > 1:
         log.info(
             "AnimateDiff img2vid: %d init images (one per frame), latent blending skipped", len(p.init_images)
         )
-        return False
+        return None
     noise_fn = noise_fn or seeded_noise
     encode_fn = encode_fn or encode_image
-    data = session.data.get(KEY)
-    if data is None:
-        original = p.init_latent
-        last = None if last_image is None else encode_fn(p, last_image)
-        data = session.step(
-            "img2vid: keep p.init_latent",
-            lambda: {"first": original, "last": last},
-            lambda: setattr(p, "init_latent", original),
-        )
-        session.data[KEY] = data
-    first, last = data["first"], data["last"]
+    if start is None:
+        start = StartLatents(p.init_latent, None if last_image is None else encode_fn(p, last_image))
+    first, last = start.first, start.last
     frames = first.shape[0]
     noise = noise_fn(p, tuple(first.shape[1:]))
     if noise.shape[0] != frames:
@@ -75,9 +76,9 @@ def blend_init_latent(
     weights = blend_weights(frames, params, has_last=last is not None)
     keep = _keep_mask(p, frames)
     blended = blend_latents(first[:1], noise, weights, last=last, keep_mask=keep)
-    p.init_latent = blended.to(first.device, first.dtype)
+    host_changes.img2vid_latents(session, p, blended.to(first.device, first.dtype))
     log.debug("AnimateDiff img2vid: first-image weights %s", [round(w, 3) for w in weights.first])
-    return True
+    return start
 
 
 def _keep_mask(p: Any, frames: int) -> torch.Tensor | None:

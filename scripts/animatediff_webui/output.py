@@ -1,13 +1,13 @@
 """Host seam for output: the WebUI's ``Processed`` -> per-video frames -> the engine's exporter ->
 what the UI gallery and the API show.
 
-Called by the lifecycle (issue 6) in ``postprocess``. ``Processed.images`` holds an optional grid
-first (``index_of_first_image == 1``), then ``p.batch_size`` frames per batch-count iteration,
+Called in ``postprocess``. ``Processed.images`` holds an optional grid first
+(``index_of_first_image == 1``), then the video's frames per batch-count iteration,
 each possibly followed by a mask and a mask composite (img2img "return mask" options); one
 infotext per generated frame. We cut that into videos, export each, and replace the images: file
 paths for the gallery (GIF/WebP animate), base64 strings for the API (a ``str`` passes through the
-API unchanged), or the first frame of each video for an XYZ grid. WebUI modules are imported
-lazily, inside functions.
+API unchanged), or the first frame of each video for an XYZ grid (written by
+``host_changes.video_results``). WebUI modules are imported lazily, inside functions.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from typing import Any
 
 from PIL import Image
 
-from motion_module.export import API_VIDEO_ORDER, ExportResult, api_images, export_video, prepare_frames
+from motion_module.export import API_VIDEO_ORDER, ExportResult, VideoTarget, api_images, export
 from motion_module.interpolation import Interpolator, optical_flow_interpolator
-from motion_module.params import ClosedLoop, ExportParams, Interp
+from motion_module.params import AnimateDiffParams, ExportParams, Interp
+
+from . import host_changes
 
 log = logging.getLogger("animatediff")
 
@@ -53,41 +55,34 @@ class ExportReport:
 def export_processed(
     p: Any,
     processed: Any,
-    params: ExportParams,
+    params: AnimateDiffParams,
     *,
-    frames_per_video: int,
-    closed_loop: ClosedLoop = ClosedLoop.N,
-    context: int = 16,
-    request_id: str = "",
     for_grid: bool = False,
     interpolator: Interpolator | None = None,
     outdir: str | None = None,
 ) -> ExportReport:
     """Export every video in ``processed`` and put the results where the UI/API will read them.
 
-    ``frames_per_video``: frames that go into each video (the first ones of each iteration's
-    ``p.batch_size``). ``for_grid``: an XYZ-plot cell; show each video's first frame so the grid
-    can be drawn. ``interpolator``: None finds FILM (Deforum) when interpolation is on, else the
-    engine's optical flow. ``outdir``: defaults to ``p.outpath_samples``.
+    ``for_grid``: an XYZ-plot cell; show each video's first frame so the grid can be drawn.
+    ``interpolator``: None finds FILM (Deforum) when interpolation is on, else the engine's
+    optical flow. ``outdir``: defaults to ``p.outpath_samples``.
     """
-    videos = split_videos(processed, chunk=int(p.batch_size), frames_per_video=frames_per_video)
-    if Interp(params.interp) is not Interp.OFF and interpolator is None:
+    videos = split_videos(processed, frames=params.frames)
+    if params.export.interp is not Interp.OFF and interpolator is None:
         interpolator = find_film_interpolator()
     report = ExportReport()
     folder = outdir or p.outpath_samples
     for video in videos:
-        frames = prepare_frames(
-            video.frames, params, closed_loop=closed_loop, context=context, interpolator=interpolator
-        )
-        result = export_video(frames, params, folder, video.seed, info=video.info, request_id=request_id)
+        target = VideoTarget(folder, video.seed, video.info, params.request_id)
+        result = export(video.frames, params.export, params.window, target, interpolator=interpolator)
         report.videos.append(result)
         report.errors += list(result.errors.values())
-    show_results(p, processed, params, report, videos, for_grid=for_grid)
+    show_results(p, processed, params.export, report, videos, for_grid=for_grid)
     return report
 
 
-def split_videos(processed: Any, *, chunk: int, frames_per_video: int) -> list[VideoFrames]:
-    """Cut ``processed.images`` into videos of ``frames_per_video`` frames (see module docstring)."""
+def split_videos(processed: Any, *, frames: int) -> list[VideoFrames]:
+    """Cut ``processed.images`` into videos of ``frames`` frames (see module docstring)."""
     offset = int(getattr(processed, "index_of_first_image", 0) or 0)
     images = list(processed.images[offset:])
     infotexts = list(processed.infotexts[offset:])
@@ -100,18 +95,16 @@ def split_videos(processed: Any, *, chunk: int, frames_per_video: int) -> list[V
             f"AnimateDiff cannot split {len(images)} images into {generated} frames: expected one image per "
             "frame, or the same number of extra mask images after each frame"
         )
-    frames = images[::stride]
+    kept = images[::stride]
     seeds = list(getattr(processed, "all_seeds", None) or [getattr(processed, "seed", -1)])
-    videos = []
-    for start in range(0, len(frames), chunk):
-        videos.append(
-            VideoFrames(
-                frames=frames[start : start + min(chunk, frames_per_video)],
-                seed=int(seeds[start] if start < len(seeds) else seeds[0]),
-                info=infotexts[start] if start < len(infotexts) else "",
-            )
+    return [
+        VideoFrames(
+            frames=kept[start : start + frames],
+            seed=int(seeds[start] if start < len(seeds) else seeds[0]),
+            info=infotexts[start] if start < len(infotexts) else "",
         )
-    return videos
+        for start in range(0, len(kept), frames)
+    ]
 
 
 def show_results(
@@ -124,13 +117,9 @@ def show_results(
     for_grid: bool,
 ) -> None:
     """Replace ``processed.images``/``infotexts`` with what the caller of the job should see."""
-    if report.errors:
-        note = "AnimateDiff export problems:\n" + "\n".join(report.errors)
-        processed.comments = (
-            f"{processed.comments}\n{note}".strip() if getattr(processed, "comments", "") else note
-        )
+    note = "AnimateDiff export problems:\n" + "\n".join(report.errors) if report.errors else ""
     if for_grid:
-        shown: list[Any] = [video.frames[0] for video in videos if video.frames]
+        shown: list[Any] | None = [video.frames[0] for video in videos if video.frames]
         infos = [video.info for video in videos if video.frames]
     elif getattr(p, "is_api", False):
         shown = api_images(report.videos, params.formats)
@@ -140,12 +129,10 @@ def show_results(
         pairs = [
             (str(r.paths[fmt]), r.info) for r in report.videos for fmt in API_VIDEO_ORDER if fmt in r.paths
         ]
-        if not pairs:  # nothing playable was written (PNG/TXT only, or every encoder failed): keep frames
-            return
-        shown, infos = [path for path, _ in pairs], [info for _, info in pairs]
-    processed.images = shown
-    processed.infotexts = infos
-    processed.index_of_first_image = 0
+        # nothing playable was written (PNG/TXT only, or every encoder failed): keep the frames
+        shown = [path for path, _ in pairs] if pairs else None
+        infos = [info for _, info in pairs]
+    host_changes.video_results(processed, shown, infos, note)
 
 
 # ---------------------------------------------------------------------------------------------

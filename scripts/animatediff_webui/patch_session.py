@@ -5,7 +5,8 @@ starts, so a failure part-way unwinds exactly what was done, newest first. ``clo
 remaining steps, is idempotent, and keeps undoing after an undo fails (the first error is
 re-raised at the end, after everything else was restored).
 
-Owns: ``PatchSession``. Imports no WebUI module itself: callers pass closures over host objects.
+The steps themselves are listed in ``host_changes``; this file is only the undo stack. Imports
+no WebUI module.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ class PatchSession:
         self.label = label
         self._undo: list[tuple[str, Undo]] = []
         self.closed = False
-        self.data: dict[str, Any] = {}  # per-job state shared by the steps (never by other jobs)
 
     @property
     def step_names(self) -> list[str]:

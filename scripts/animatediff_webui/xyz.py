@@ -1,4 +1,4 @@
-"""X/Y/Z plot axes (SPEC §2.12): each names a parameter field and leaves an override on ``p``.
+"""X/Y/Z plot axes: each names a parameter field and leaves an override on the cell's ``p``.
 
 The override dict is replaced, never mutated, because XYZ cells are shallow copies of one ``p``;
 ``args.for_job`` reads it. Values are checked by the same coercion the parser uses, so a bad axis
@@ -14,6 +14,7 @@ from typing import Any
 
 from motion_module.params import ClosedLoop, Interp, coerce_field
 
+from . import host_changes
 from .args import XYZ_ATTR, ui_value
 
 log = logging.getLogger("animatediff")
@@ -51,7 +52,7 @@ AXES: tuple[Axis, ...] = (
 
 def apply(key: str) -> Callable[[Any, Any, Any], None]:
     def apply_override(p: Any, value: Any, _values: Any) -> None:
-        setattr(p, XYZ_ATTR, {**(getattr(p, XYZ_ATTR, None) or {}), key: value})
+        host_changes.xyz_override(p, XYZ_ATTR, key, value)
 
     return apply_override
 

@@ -1,0 +1,381 @@
+"""Every change AnimateDiff makes to a WebUI object, in one place, each with its exact undo.
+
+Read this file top to bottom to know what a job does to the host. The seams (conditioning,
+img2vid, denoiser, output, ...) compute values; only the functions here write them. Two kinds:
+
+- **Steps** change an object the WebUI keeps using (the processing object ``p``, the model, the
+  sampler's denoiser, ``shared.state``). Each runs through the job's ``PatchSession``: its undo is
+  registered before the next step starts and runs, newest first, when the job closes, also after
+  an exception or an Interrupt. ``STEPS`` names them all, with the attributes they write.
+- **Results** fill objects the WebUI hands over to be filled and then discards or shows: the
+  per-call ``CFGDenoiserParams``, the ``Processed`` result, the infotext of the batch being saved,
+  X/Y/Z override dicts on a grid cell's copy of ``p``. They are not undone, as the WebUI's own
+  writes to them are not. ``RESULTS`` names them.
+
+``tests/test_host_changes.py`` runs whole jobs against recording fakes and checks both lists; it
+also greps the adapter so that no other file writes to a WebUI object.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from motion_module import injection as mm_injection
+
+from .patch_session import PatchSession
+
+log = logging.getLogger("animatediff")
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str  # the step name in the session (and in logs)
+    writes: tuple[str, ...]  # "object.attribute" it writes; "[]" for items of a list or dict
+
+
+STEPS: tuple[Change, ...] = (
+    Change("job on p", ("p.animatediff_job",)),
+    Change("p.sample and p.close know the job", ("p.__class__",)),
+    Change("one video per batch", ("p.batch_size", "p.do_not_save_grid", "p.do_not_save_samples")),
+    Change(
+        "prompt travel: per-frame prompts",
+        ("p.prompt", "p.negative_prompt", "p.hr_prompt", "p.hr_negative_prompt"),
+    ),
+    Change("ControlNet view on p", ("p.animatediff_cn_view",)),
+    Change("inject motion module", ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]")),
+    Change("beta schedule", ("sd_model.alphas_cumprod", "sd_model.alphas_cumprod_original")),
+    Change(
+        "Lora layer names",
+        ("sd_model.network_layer_mapping[]", "linear.__class__", "linear.network_layer_name"),
+    ),
+    Change("Lora networks re-read", ("network.mtime",)),
+    Change("equal-length conditioning", ("conds[]",)),
+    Change("windowed denoiser", ("inner_model.forward",)),
+    Change("img2vid start latents", ("p.init_latent",)),
+    Change("interrupt sampling", ("state.interrupted",)),
+    Change("export phase", ("state.job_count", "state.job_no", "state.textinfo")),
+    Change(
+        "stop the job",
+        ("p.setup_prompts", "p.init", "p.sample", "p.close", "sampler.sample", "sampler.sample_img2img"),
+    ),
+)
+RESULTS: tuple[Change, ...] = (
+    Change("infotext entry", ("p.extra_generation_params[]",)),
+    Change(
+        "infotext prompts", ("p.prompts", "p.negative_prompts", "p.all_prompts[]", "p.all_negative_prompts[]")
+    ),
+    Change("per-frame conditioning", ("cfg_params.text_cond", "cfg_params.text_uncond")),
+    Change(
+        "video results",
+        ("processed.images", "processed.infotexts", "processed.index_of_first_image", "processed.comments"),
+    ),
+    Change("X/Y/Z override", ("p.animatediff_xyz",)),
+    Change("ControlNet view before the job", ("p.animatediff_cn_view",)),
+)
+_NAMES = {change.name for change in STEPS}
+
+
+def _step(session: PatchSession, name: str, apply: Callable[[], Any], undo: Callable[..., None]) -> Any:
+    assert name in _NAMES, f"{name!r} is not in the catalogue"
+    return session.step(name, apply, undo)
+
+
+def _own(obj: Any, key: str) -> Any:
+    """The value ``obj`` holds itself (not through its class), or ``_MISSING``. An ``nn.Module``
+    keeps tensors it registered in its own tables, everything else in ``__dict__``."""
+    if isinstance(obj, torch.nn.Module):
+        for table in (obj._parameters, obj._buffers, obj._modules):
+            if key in table:
+                return table[key]
+    return vars(obj).get(key, _MISSING)
+
+
+def _set_attr(session: PatchSession, name: str, obj: Any, values: dict[str, Any]) -> None:
+    """Set attributes of ``obj``; the undo puts back each old value, or removes an attribute the
+    object did not hold itself (so a method of its class shows through again)."""
+    saved = {key: _own(obj, key) for key in values}
+
+    def apply() -> None:
+        for key, value in values.items():
+            setattr(obj, key, value)
+
+    def undo() -> None:
+        for key, old in saved.items():
+            if old is not _MISSING:
+                setattr(obj, key, old)
+            elif _own(obj, key) is not _MISSING:
+                delattr(obj, key)
+
+    _step(session, name, apply, undo)
+
+
+# --- the processing object p -----------------------------------------------------------------
+
+
+def tag_job(session: PatchSession, p: Any, attr: str, job: Any) -> None:
+    """The job rides on its ``p`` so every hook finds it."""
+    _set_attr(session, "job on p", p, {attr: job})
+
+
+def subclass_processing(session: PatchSession, p: Any, make_class: Callable[[type], type]) -> None:
+    """Give ``p`` a subclass (``make_class(base)``); undone only while ``p`` still has it."""
+    base = type(p)
+    cls = make_class(base)
+
+    def apply() -> None:
+        p.__class__ = cls
+
+    def undo() -> None:
+        if type(p) is cls:
+            p.__class__ = base
+
+    _step(session, "p.sample and p.close know the job", apply, undo)
+
+
+def video_batch(session: PatchSession, p: Any, frames: int, *, webui_saves_frames: bool) -> None:
+    """One video per batch: the WebUI samples ``frames`` images together; no grid, and the frames
+    are saved by the WebUI only when it is to write the PNG frames itself."""
+    values: dict[str, Any] = {"batch_size": frames, "do_not_save_grid": True}
+    if not webui_saves_frames:
+        values["do_not_save_samples"] = True
+    _set_attr(session, "one video per batch", p, values)
+
+
+def prompts(session: PatchSession, p: Any, values: dict[str, Any]) -> None:
+    """Per-frame prompt lists (prompt travel), read later by the WebUI's ``setup_prompts``."""
+    _set_attr(session, "prompt travel: per-frame prompts", p, values)
+
+
+def controlnet_view(session: PatchSession, p: Any, attr: str, view: Any) -> None:
+    """The object ControlNet reads our settings from; it writes on it, so it lives on ``p``."""
+    _set_attr(session, "ControlNet view on p", p, {attr: view})
+
+
+def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> None:
+    """This batch's per-frame start latents; each batch's undo restores the one before it, so
+    closing the job gives the WebUI back its own encoded init image."""
+    _set_attr(session, "img2vid start latents", p, {"init_latent": latents})
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+def inject(session: PatchSession, unet: Any, loaded: Any, layout: Any, base: str) -> Any:
+    """Motion blocks into the UNet's blocks (and the GroupNorm variant the family needs)."""
+    return _step(
+        session,
+        "inject motion module",
+        lambda: mm_injection.inject(unet, loaded, layout, base),
+        lambda injection: injection.remove(),
+    )
+
+
+def beta_schedule(session: PatchSession, sd_model: Any, alphas: torch.Tensor) -> None:
+    """The family's ``alphas_cumprod``, and its ``_original`` twin, which the WebUI copies back
+    into the first before every batch."""
+    new = alphas.to(device=sd_model.alphas_cumprod.device, dtype=sd_model.alphas_cumprod.dtype)
+    _set_attr(session, "beta schedule", sd_model, {"alphas_cumprod": new, "alphas_cumprod_original": new})
+
+
+def lora_layer_names(session: PatchSession, sd_model: Any, layers: dict[str, torch.nn.Module]) -> None:
+    """Make the builtin Lora extension find the motion Linears: each under its name in
+    ``network_layer_mapping`` and with that ``network_layer_name``; typed exactly ``nn.Linear``
+    for the job, because its LoRA loader accepts no subclass."""
+    mapping = sd_model.network_layer_mapping
+
+    def apply() -> Callable[[], None]:
+        previous = {key: mapping.get(key, _MISSING) for key in layers}
+        classes = [
+            (m, type(m))
+            for m in layers.values()
+            if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear
+        ]
+        had_name = {id(m): m.__dict__.get("network_layer_name", _MISSING) for m in layers.values()}
+        for module, _cls in classes:
+            module.__class__ = torch.nn.Linear
+        for key, module in layers.items():
+            mapping[key] = module
+            module.network_layer_name = key
+
+        def undo() -> None:
+            for module in layers.values():
+                old = had_name[id(module)]
+                if old is _MISSING:
+                    module.__dict__.pop("network_layer_name", None)
+                else:
+                    module.network_layer_name = old
+            for module, cls in reversed(classes):
+                module.__class__ = cls
+            for key, old in previous.items():
+                if old is _MISSING:
+                    mapping.pop(key, None)
+                else:
+                    mapping[key] = old
+
+        return undo
+
+    _step(session, "Lora layer names", apply, lambda undo: undo())
+
+
+def reread_lora_networks(session: PatchSession) -> None:
+    """Make the builtin Lora extension read this job's LoRAs again: one it read while no motion
+    layer was registered matched none of them and would leave a motion LoRA out, silently. It
+    re-reads a network whose file is newer than the network's ``mtime``; the undo gives the
+    networks still cached their own ``mtime`` back."""
+    networks = sys.modules.get("networks")  # the builtin Lora extension's module
+    cached = [getattr(networks, n, None) for n in ("loaded_networks", "networks_in_memory")]
+    if not isinstance(cached[0], list) or not isinstance(cached[1], dict):
+        return
+    nets = list({id(net): net for net in [*cached[0], *cached[1].values()]}.values())
+
+    def apply() -> list[tuple[Any, Any]]:
+        saved = [(net, net.mtime) for net in nets]
+        for net in nets:
+            net.mtime = float("-inf")
+        return saved
+
+    def undo(saved: list[tuple[Any, Any]]) -> None:
+        for net, mtime in saved:
+            net.mtime = mtime
+
+    _step(session, "Lora networks re-read", apply, undo)
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def conditioning_entry(session: PatchSession, holder: list, index: int, value: Any) -> None:
+    """One entry of the WebUI's cached conditioning lists, replaced (token padding)."""
+    original = holder[index]
+    _step(
+        session,
+        "equal-length conditioning",
+        lambda: holder.__setitem__(index, value),
+        lambda: holder.__setitem__(index, original),
+    )
+
+
+def denoiser_forward(session: PatchSession, inner: Any, forward: Any, on_undo: Callable[[], None]) -> None:
+    """``inner.forward`` of the sampler's model wrapper replaced on the instance. ``on_undo`` runs
+    first (it makes ``forward`` a pass-through). If another extension replaced our forward after
+    us, ours stays in its chain (removing it would cut theirs) and only goes inert."""
+    had_own = "forward" in inner.__dict__
+    current = inner.__dict__.get("forward")
+
+    def apply() -> None:
+        inner.forward = forward
+
+    def undo() -> None:
+        on_undo()
+        if inner.__dict__.get("forward") is not forward:
+            log.warning(
+                "AnimateDiff: %s.forward was replaced after ours; our window wrapper stays in its "
+                "chain as a pass-through",
+                type(inner).__name__,
+            )
+        elif had_own:
+            inner.forward = current
+        else:
+            del inner.forward
+
+    _step(session, "windowed denoiser", apply, undo)
+
+
+def interrupt(session: PatchSession, state: Any) -> None:
+    """Stop the sampler at its next step (a callback cannot raise: the WebUI swallows it)."""
+    _set_attr(session, "interrupt sampling", state, {"interrupted": True})
+
+
+@contextmanager
+def export_phase(session: PatchSession, state: Any, text: str) -> Iterator[None]:
+    """Export as a job of its own on the progress bar while it runs; the counters and text are
+    given back when the job closes, so an X/Y/Z grid's overall progress stays right."""
+    saved = {key: getattr(state, key, None) for key in ("job_count", "job_no", "textinfo")}
+
+    def apply() -> None:
+        state.job_count = int(saved["job_count"] or 0) + 1
+        state.textinfo = text
+
+    def undo() -> None:
+        for key, value in saved.items():
+            setattr(state, key, value)
+
+    _step(session, "export phase", apply, undo)
+    yield
+    state.nextjob()
+
+
+def stop_the_job(session: PatchSession, p: Any, error: BaseException) -> None:
+    """Make the next step the WebUI takes outside the hooks raise ``error``: the WebUI swallows
+    exceptions raised in script hooks and would run on, making N unrelated stills.
+
+    Those steps are the prompt setup (before ``process``), ``p.init`` (after it), ``p.sample``,
+    or the sampler itself when the failure happened inside ``p.sample``. The WebUI calls
+    ``p.close()`` last even after the error; that closes ``session`` and so removes every raiser.
+    """
+
+    def raiser(*_args: Any, **_kwargs: Any) -> Any:
+        raise error
+
+    def close(*args: Any, **kwargs: Any) -> Any:
+        try:
+            session.close()
+        finally:
+            type(p).close(p, *args, **kwargs)
+
+    values = dict.fromkeys(("setup_prompts", "init", "sample"), raiser) | {"close": close}
+    _set_attr(session, "stop the job", p, values)
+    sampler = getattr(p, "sampler", None)
+    if sampler is not None:
+        _set_attr(session, "stop the job", sampler, dict.fromkeys(("sample", "sample_img2img"), raiser))
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+def infotext_entry(p: Any, key: str, value: str) -> None:
+    extra = getattr(p, "extra_generation_params", None)
+    if isinstance(extra, dict):
+        extra[key] = value
+
+
+def infotext_prompts(p: Any, name: str, texts: list[str], lo: int) -> None:
+    """This batch's prompts as the infotext shows them (``name``: prompts or negative_prompts)."""
+    setattr(p, name, texts)
+    every = getattr(p, "all_" + name, None)
+    if isinstance(every, list):
+        every[lo : lo + len(texts)] = texts
+
+
+def cfg_conditioning(cfg_params: Any, cond: Any, uncond: Any) -> None:
+    cfg_params.text_cond, cfg_params.text_uncond = cond, uncond
+
+
+def video_results(processed: Any, images: list[Any] | None, infotexts: list[str] | None, note: str) -> None:
+    """What the gallery or the API shows (``images`` None: keep the frames), and export problems."""
+    if note:
+        comments = getattr(processed, "comments", "")
+        processed.comments = f"{comments}\n{note}".strip() if comments else note
+    if images is not None:
+        processed.images, processed.infotexts = images, infotexts
+        processed.index_of_first_image = 0
+
+
+def controlnet_view_before_job(p: Any, attr: str, view: Any) -> None:
+    """ControlNet's img2img Batch tab asks for our settings on a ``p`` no job has started on yet,
+    marks the answer (``is_i2i_batch``) and expects to read the mark later on that ``p``."""
+    setattr(p, attr, view)
+
+
+def xyz_override(p: Any, attr: str, key: str, value: Any) -> None:
+    """An X/Y/Z axis value on a grid cell's copy of ``p``; a new dict, since cells share one."""
+    setattr(p, attr, {**(getattr(p, attr, None) or {}), key: value})

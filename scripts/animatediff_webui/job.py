@@ -1,0 +1,282 @@
+"""One AnimateDiff generation as a typed object, and the work of each phase.
+
+A ``Job`` is made in ``before_process`` from parameters parsed once, rides on its processing
+object ``p`` and holds everything the later hooks need (the loaded module, the host model, the
+travel plan, the img2vid latents), so nothing per job lives in a global. Every change to the
+WebUI goes through ``host_changes`` into ``job.session`` and is undone by ``Job.close``, which
+``postprocess``, ``p.close()``, the unload hook and the next job's start all call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from motion_module import spec as mm_spec
+from motion_module.frames import FrameLayout
+from motion_module.loading import LoadedMotionModule, MotionModuleCache
+from motion_module.params import (
+    INFOTEXT_KEY,
+    AnimateDiffParams,
+    ExportFormat,
+    check_fits_module,
+    infotext_value,
+)
+
+from . import conditioning, host_changes, host_model, img2vid, output, settings
+from .args import as_image
+from .failure import AnimateDiffError
+from .patch_session import PatchSession
+
+log = logging.getLogger("animatediff")
+
+JOB_ATTR = "animatediff_job"  # the Job rides on its processing object
+EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VERSION = "0.1.0"
+
+# Kept across jobs on purpose: re-reading a 1.7 GB file per job is slow. Cleared on script unload.
+_cache = MotionModuleCache()
+# The one open job, so the next job's start (or the unload hook) can close it if a failure
+# skipped every other close path. The only module-level mutable state besides the cache.
+_active: list[Job] = []
+
+
+@dataclass
+class Job:
+    params: AnimateDiffParams
+    is_img2img: bool
+    owner: Callable[[], Any]  # weakref to the p this job belongs to
+    move_to_cpu: bool = False  # setting: park the motion module on the CPU between jobs
+    session: PatchSession = field(default_factory=lambda: PatchSession("AnimateDiff"))
+    layout: FrameLayout = field(default_factory=FrameLayout)
+    loaded: LoadedMotionModule | None = None
+    host: host_model.HostModel | None = None
+    travel: conditioning.TravelState | None = None
+    img2vid: img2vid.StartLatents | None = None
+    error: AnimateDiffError | None = None  # raised by p.sample once sampling returns or starts
+
+    @property
+    def open(self) -> bool:
+        return not self.session.closed
+
+    def owns(self, p: Any) -> bool:
+        """False for copies of ``p`` (X/Y/Z cells, ADetailer): they carry our attributes too."""
+        return p is not None and self.owner() is p
+
+    def close(self, reason: str) -> None:
+        if self in _active:
+            _active.remove(self)
+        if not self.open:
+            return
+        try:
+            self.session.close()
+        finally:
+            if self.move_to_cpu and self.loaded is not None:
+                self.loaded.model.to("cpu")
+            log.info("AnimateDiff: session closed (%s); the WebUI is unchanged", reason)
+
+
+# --- WebUI access (imported lazily: tests put small fakes into sys.modules) -------------------
+
+
+def shared() -> Any:
+    from modules import shared
+
+    return shared
+
+
+def _devices() -> Any:
+    from modules import devices
+
+    return devices
+
+
+def _get() -> settings.Getter:
+    return settings.getter(shared().opts)
+
+
+def base_params() -> AnimateDiffParams:
+    return settings.base_params(_get())
+
+
+def model_folder() -> str:
+    cmd_dir = getattr(getattr(shared(), "cmd_opts", None), "animatediff_model_dir", None)
+    return settings.model_dir(_get(), cmd_dir, EXTENSION_ROOT)
+
+
+def job_of(p: Any) -> Job | None:
+    job = getattr(p, JOB_ATTR, None)
+    return job if isinstance(job, Job) and job.open and job.owns(p) else None
+
+
+def nested(p: Any) -> bool:
+    """A generation started inside an open job (ADetailer on a copy of the job's ``p``)."""
+    parent = getattr(p, JOB_ATTR, None)
+    return isinstance(parent, Job) and parent.open and not parent.owns(p)
+
+
+def close_stale(reason: str) -> None:
+    for job in list(_active):
+        log.warning("AnimateDiff: closing a session left open by an earlier job (%s)", reason)
+        job.close(reason)
+
+
+def forget_models() -> None:
+    _cache.clear()
+
+
+# --- before_process ----------------------------------------------------------------------------
+
+
+def start(p: Any, params: AnimateDiffParams, is_img2img: bool) -> Job:
+    move_to_cpu = bool(settings.value(_get(), "animatediff_move_to_cpu"))
+    job = Job(params, is_img2img, owner=weakref.ref(p), move_to_cpu=move_to_cpu)
+    _active.append(job)
+    return job
+
+
+def prepare(p: Any, job: Job) -> None:
+    """The ``p``-level changes the WebUI reads later: frames as the batch, prompts per frame."""
+    params, session = job.params, job.session
+    host_changes.tag_job(session, p, JOB_ATTR, job)
+    frames = params.frames
+    images = list(getattr(p, "init_images", None) or [])
+    if job.is_img2img and 1 < len(images) != frames:
+        raise ValueError(
+            f"AnimateDiff img2img got {len(images)} init images for {frames} frames; "
+            f"give one init image (img2vid) or exactly {frames} (one per frame)"
+        )
+    host_changes.subclass_processing(session, p, lambda base: _processing_class(base, job))
+    host_changes.video_batch(session, p, frames, webui_saves_frames=_webui_saves_png(params))
+    job.travel = conditioning.prepare_prompts(p, session, params)
+    _write_infotext(p, job)
+    log.info(
+        "AnimateDiff: %d frames × %d video(s), context %d, model %s",
+        frames,
+        int(getattr(p, "n_iter", 1) or 1),
+        params.window.context,
+        params.model,
+    )
+
+
+def _processing_class(base: type, job: Job) -> type:
+    """A subclass of ``p``'s class whose ``sample`` re-raises errors recorded during sampling
+    (where hooks and callbacks cannot raise) and whose ``close`` closes the job first: the WebUI
+    calls ``p.close()`` even after exceptions. Copies of ``p`` keep the class but only delegate."""
+
+    class AnimateDiffProcessing(base):  # type: ignore[misc, valid-type]
+        def sample(self, *args: Any, **kwargs: Any) -> Any:
+            if not job.owns(self):
+                return base.sample(self, *args, **kwargs)
+            if job.error is not None:
+                raise job.error
+            result = base.sample(self, *args, **kwargs)
+            if job.error is not None:
+                raise job.error
+            return result
+
+        def close(self) -> None:
+            if not job.owns(self):
+                return base.close(self)
+            try:
+                job.close("p.close()")
+            finally:
+                base.close(self)  # not super(): closing the job has already restored the class
+
+    AnimateDiffProcessing.__name__ = AnimateDiffProcessing.__qualname__ = base.__name__
+    AnimateDiffProcessing.__module__ = base.__module__
+    return AnimateDiffProcessing
+
+
+def _webui_saves_png(params: AnimateDiffParams) -> bool:
+    """PNG frames are saved by the WebUI itself (with its file names and PNG info) unless the
+    setting sends them to our output folder with the videos."""
+    return ExportFormat.PNG in params.export.formats and not settings.value(
+        _get(), "animatediff_save_to_custom"
+    )
+
+
+def _write_infotext(p: Any, job: Job) -> None:
+    mm_hash = job.loaded.hash if job.loaded is not None else ""
+    value = infotext_value(job.params, is_img2img=job.is_img2img, mm_hash=mm_hash, version=VERSION)
+    host_changes.infotext_entry(p, INFOTEXT_KEY, value)
+
+
+# --- process: the model -------------------------------------------------------------------------
+
+
+def open_model(p: Any, job: Job) -> None:
+    """Load the motion module for the model loaded now, check it fits, and change the model."""
+    session, params = job.session, job.params
+    host = host_model.current(shared(), _devices())
+    path = settings.resolve_model(params.model, model_folder(), host.base)
+    loaded = _cache.get(path, device=host.device, dtype=host.dtype, storage_dtype=host.storage_dtype)
+    loaded.model.to(device=host.device)  # it may have been moved to the CPU after the last job
+    check_fits_module(params, loaded.spec.pe_length, f"{os.path.basename(path)} ({loaded.spec.label})")
+    job.loaded, job.host = loaded, host
+
+    injected = host_changes.inject(session, host.unet, loaded, job.layout, host.base)
+    log.info(
+        "AnimateDiff: injected %s into the %s UNet (%d sites)",
+        loaded.spec.label,
+        host.base,
+        len(injected.blocks),
+    )
+    host_changes.beta_schedule(session, host.sd_model, mm_spec.alphas_cumprod(loaded.spec))
+    log.info("AnimateDiff: beta schedule %s", loaded.spec.beta_schedule.kind)
+    if isinstance(getattr(host.sd_model, "network_layer_mapping", None), dict):
+        layers = host_model.motion_layer_names(host.unet, injected, host.dtype)
+        host_changes.lora_layer_names(session, host.sd_model, layers)
+    host_changes.reread_lora_networks(session)
+    _write_infotext(p, job)
+
+
+def check_same_model(job: Job) -> None:
+    if job.host is None:
+        return
+    unet = getattr(getattr(shared().sd_model, "model", None), "diffusion_model", None)
+    if unet is not job.host.unet:
+        raise RuntimeError(
+            "AnimateDiff: the checkpoint changed during the job (hires checkpoint or refiner); "
+            "AnimateDiff needs one checkpoint for the whole video: pick 'Use same checkpoint'"
+        )
+
+
+# --- before every batch -------------------------------------------------------------------------
+
+
+def blend_start_latents(p: Any, job: Job) -> None:
+    """img2vid: each video's frames start from the init image (and last image) blended with noise."""
+    if not job.is_img2img or getattr(p, "is_i2i_batch", False) or getattr(p, "init_latent", None) is None:
+        return
+    last = as_image(job.params.last_frame) if job.img2vid is None else None
+    job.img2vid = img2vid.blend_init_latent(p, job.session, job.params.img2vid, job.img2vid, last_image=last)
+
+
+# --- postprocess -------------------------------------------------------------------------------
+
+
+def export(p: Any, processed: Any, job: Job) -> None:
+    params = job.params
+    if _webui_saves_png(params):  # the WebUI has written the PNG frames already
+        formats = tuple(f for f in params.export.formats if f is not ExportFormat.PNG) or (ExportFormat.GIF,)
+        params = dataclasses.replace(params, export=dataclasses.replace(params.export, formats=formats))
+    with host_changes.export_phase(job.session, shared().state, "AnimateDiff: saving the video"):
+        output.export_processed(p, processed, params, for_grid=_in_xyz_grid(p))
+    log.info("AnimateDiff: exported %s", ", ".join(f.value for f in params.export.formats))
+
+
+def _in_xyz_grid(p: Any) -> bool:
+    """True inside an X/Y/Z plot cell (the selected dropdown script), whose grid needs stills."""
+    runner, script_args = getattr(p, "scripts", None), getattr(p, "script_args", None)
+    try:
+        index = int(script_args[0]) if script_args else 0
+        selected = runner.selectable_scripts[index - 1] if index > 0 else None
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return False
+    return selected is not None and (selected.title() or "").lower().startswith("x/y/z")
