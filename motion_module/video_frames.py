@@ -129,7 +129,9 @@ def _decoders(path: str, method: str) -> list[str]:
     return ["pillow", "ffmpeg", "opencv"] if animated_image else ["ffmpeg", "opencv"]
 
 
-def _decode(video_file: str | os.PathLike, method: str, sink_for: Callable[[], tuple[Sink, Callable]]):
+def _decode(
+    video_file: str | os.PathLike, method: str, sink_for: Callable[[], tuple[Sink, Callable[[], None]]]
+) -> tuple[str, int, float]:
     """Try each decoder; ``sink_for()`` gives a fresh sink and an undo for a decoder that failed."""
     path = os.fspath(video_file)
     if not os.path.isfile(path):
