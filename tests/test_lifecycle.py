@@ -487,7 +487,9 @@ def test_export_progress_and_png_through_webui(webui, monkeypatch):
     monkeypatch.setattr(
         jobs.output,
         "export_processed",
-        lambda p, processed, params, **kw: seen.append((params, state.job_no, state.job_count, state.textinfo)),
+        lambda p, processed, params, **kw: seen.append(
+            (params, state.job_no, state.job_count, state.textinfo)
+        ),
     )
     lifecycle.postprocess(p, SimpleNamespace(images=[]))
     params, job_no, job_count, text = seen[-1]
