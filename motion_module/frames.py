@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from .motion_strength import MotionStrength
 
 # fn(x, frames) -> y: the per-window temporal computation, x of shape (b·f, c, h, w).
 TemporalFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -31,10 +33,13 @@ class FrameLayout:
     for a motion block: it would silently mix unrelated frames.
     ``temporal_runner``: None runs the motion module over all ``frames`` at once; the
     motion-module-window mode installs a runner that splits the frame axis into windows.
+    ``strength``: how much of each motion layer's residual is added, set per job (``applying``);
+    ``using`` leaves it alone, so it holds across every window and step of the job.
     """
 
     frames: int = 0
     temporal_runner: TemporalRunner | None = None
+    strength: MotionStrength = field(default_factory=MotionStrength)
 
     def blocks(self, rows: int) -> int:
         """Number of video blocks in a call of ``rows`` rows; raises if the rows do not divide."""
@@ -65,3 +70,13 @@ class FrameLayout:
             yield self
         finally:
             self.frames, self.temporal_runner = saved
+
+    @contextlib.contextmanager
+    def applying(self, strength: MotionStrength) -> Iterator[FrameLayout]:
+        """Use ``strength`` for one job, then put back the exact object that was there before."""
+        saved = self.strength
+        self.strength = strength
+        try:
+            yield self
+        finally:
+            self.strength = saved

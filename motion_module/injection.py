@@ -9,6 +9,7 @@ change; a failure part-way undoes what was done. Owns: ``inject``, ``Injection``
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ class MotionBlock(nn.Module):
     """What sits in a UNet block: one site module, told the frame count by the shared layout.
 
     ``TimestepEmbedSequential`` calls it with ``x`` only (b·f, c, h, w); the layout (not a global)
-    says how many frames each video block holds in this call.
+    says how many frames each video block holds in this call, and how much of the module's
+    residual to add (motion strength; scale 1 without a mask runs the module untouched).
     """
 
     def __init__(self, motion: VanillaTemporalModule, layout: FrameLayout, prefix: str):
@@ -45,7 +47,11 @@ class MotionBlock(nn.Module):
         self.prefix = prefix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layout.run(self.motion, x)
+        strength = self.layout.strength
+        if strength.is_identity:
+            return self.layout.run(self.motion, x)
+        scale = strength.scale_at(x.shape[-2], x.shape[-1], x.device, x.dtype)
+        return self.layout.run(functools.partial(self.motion, scale=scale), x)
 
     def extra_repr(self) -> str:
         return self.prefix

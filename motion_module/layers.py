@@ -205,7 +205,13 @@ class TemporalTransformer3DModel(nn.Module):
         v = F.group_norm(v, self.norm.num_groups, w, b, self.norm.eps)
         return v.transpose(1, 2).reshape(bf, c, height, width).to(x.dtype)  # (b, c, f, hw) -> (b·f, c, h, w)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: int, scale: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x + residual, or x + scale·residual: ``scale`` a number or an (h, w) map (motion strength).
+
+        ``scale`` None adds the residual as trained, with no extra operation.
+        """
         bf, c, height, width = x.shape
         b = bf // frames
         h = self.group_norm(x, frames).view(b, frames, c, height * width)
@@ -215,6 +221,10 @@ class TemporalTransformer3DModel(nn.Module):
             h = block(h)
         h = self.proj_out(h)
         h = h.view(b, height * width, frames, c).permute(0, 2, 3, 1)  # (b·hw, f, c) -> (b, f, c, hw)
+        if isinstance(scale, torch.Tensor):
+            h = h * scale.reshape(height * width)  # (h, w) map -> (hw,), broadcast over (b, f, c, hw)
+        elif scale is not None:
+            h = h * scale
         return (x.view(b, frames, c, height * width) + h).view(bf, c, height, width)  # add reads h strided
 
 
@@ -235,7 +245,9 @@ class VanillaTemporalModule(nn.Module):
             channels, pe_length, pe_persistent, norm_across_frames, device
         )
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: int, scale: float | torch.Tensor | None = None
+    ) -> torch.Tensor:
         if x.shape[0] % frames:
             raise ValueError(f"{x.shape[0]} rows are not a whole number of {frames}-frame videos")
-        return self.temporal_transformer(x, frames)
+        return self.temporal_transformer(x, frames, scale)
