@@ -143,6 +143,8 @@ class AnimateDiffParams:
     freeinit: FreeInitParams = FreeInitParams()
     request_id: str = ""
     travel_interpolation: TravelInterpolation = TravelInterpolation.SLERP
+    # The keys the request set (the UI sets all); a video's own fps is used when "fps" is not one.
+    given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     @property
     def frames(self) -> int:
@@ -270,10 +272,13 @@ def _text(max_len: int) -> Callable[[Any], str]:
     return coerce
 
 
+MAX_VIDEO_DATA = 512 * 1024 * 1024  # base64 text of a video sent through the API
+
+
 def _video(value: Any) -> str:
     if isinstance(value, dict):  # some gradio versions hand over {"name": path, ...}
         value = value.get("name") or value.get("path")
-    return _text(4096)(value)
+    return _text(MAX_VIDEO_DATA)(value)
 
 
 def _image(value: Any) -> Any:
@@ -331,7 +336,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     _f("interp", _interp, "Off or FILM", lambda p: p.export.interp),
     _f("interp_x", _int_in(1, 100), "a whole number 1..100", lambda p: p.export.interp_x),
-    _f("video_source", _video, "a video file path or nothing", lambda p: p.video_source),
+    _f(
+        "video_source",
+        _video,
+        "a video file path, base64 video data (MP4, WebM, MOV, GIF, WebP) or nothing",
+        lambda p: p.video_source,
+    ),
     _f("video_path", _text(4096), "a folder path or nothing", lambda p: p.video_path),
     _f("mask_path", _text(4096), "a folder path or nothing", lambda p: p.mask_path),
     _f("freeinit_enable", _as_bool, "true or false", lambda p: p.freeinit.enable),
@@ -429,7 +439,7 @@ def parse_params(
     try:
         raw = _raw(source, overrides, ignore_unknown)
         values = flatten(base) | {key: coerce_field(key, value) for key, value in raw.items()}
-        return _build(values, base)
+        return dataclasses.replace(_build(values, base), given=frozenset(raw))
     except ValueError as error:
         raise ParamsError(str(error), enable=enable) from None
 

@@ -11,6 +11,8 @@ img2vid, denoiser, output, ...) compute values; only the functions here write th
   per-call ``CFGDenoiserParams``, the ``Processed`` result, the infotext of the batch being saved,
   X/Y/Z override dicts on a grid cell's copy of ``p``. They are not undone, as the WebUI's own
   writes to them are not. ``RESULTS`` names them.
+- **Per call** writes last one windowed UNet call: a window's slice of ControlNet's hints, put
+  back by the windowed denoiser as soon as the call returns. ``PER_CALL`` names them.
 
 ``tests/test_host_changes.py`` runs whole jobs against recording fakes and checks both lists; it
 also greps the adapter so that no other file writes to a WebUI object.
@@ -51,6 +53,7 @@ STEPS: tuple[Change, ...] = (
         ("p.prompt", "p.negative_prompt", "p.hr_prompt", "p.hr_negative_prompt"),
     ),
     Change("ControlNet view on p", ("p.animatediff_cn_view",)),
+    Change("ControlNet units take the video", ("p.script_args",)),
     Change("inject motion module", ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]")),
     Change("beta schedule", ("sd_model.alphas_cumprod", "sd_model.alphas_cumprod_original")),
     Change(
@@ -80,6 +83,9 @@ RESULTS: tuple[Change, ...] = (
     ),
     Change("X/Y/Z override", ("p.animatediff_xyz",)),
     Change("ControlNet view before the job", ("p.animatediff_cn_view",)),
+)
+PER_CALL: tuple[Change, ...] = (
+    Change("ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond")),
 )
 _NAMES = {change.name for change in STEPS}
 
@@ -158,6 +164,11 @@ def prompts(session: PatchSession, p: Any, values: dict[str, Any]) -> None:
 def controlnet_view(session: PatchSession, p: Any, attr: str, view: Any) -> None:
     """The object ControlNet reads our settings from; it writes on it, so it lives on ``p``."""
     _set_attr(session, "ControlNet view on p", p, {attr: view})
+
+
+def controlnet_units(session: PatchSession, p: Any, script_args: tuple) -> None:
+    """ControlNet's arguments with the routed units in batch mode over the video's frames."""
+    _set_attr(session, "ControlNet units take the video", p, {"script_args": script_args})
 
 
 def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> None:
@@ -337,6 +348,12 @@ def stop_the_job(session: PatchSession, p: Any, error: BaseException) -> None:
     sampler = getattr(p, "sampler", None)
     if sampler is not None:
         _set_attr(session, "stop the job", sampler, dict.fromkeys(("sample", "sample_img2img"), raiser))
+
+
+def window_hint(control: Any, name: str, value: Any) -> None:
+    """One ControlNet control's hint (``hint_cond`` or ``hr_hint_cond``) for one windowed call;
+    the windowed denoiser writes the full hint back when the call returns."""
+    setattr(control, name, value)
 
 
 # --- results -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from motion_module.params import (
     infotext_value,
 )
 
-from . import conditioning, host_changes, host_model, img2vid, output, settings
+from . import conditioning, controlnet, host_changes, host_model, img2vid, output, settings
 from .args import as_image
 from .failure import AnimateDiffError
 from .patch_session import PatchSession
@@ -58,6 +58,7 @@ class Job:
     host: host_model.HostModel | None = None
     travel: conditioning.TravelState | None = None
     img2vid: img2vid.StartLatents | None = None
+    video: controlnet.VideoPlan | None = None  # video-to-video routing (ControlNet)
     error: AnimateDiffError | None = None  # raised by p.sample once sampling returns or starts
 
     @property
@@ -76,6 +77,7 @@ class Job:
         try:
             self.session.close()
         finally:
+            controlnet.remove_temp_dirs(self.video)
             if self.move_to_cpu and self.loaded is not None:
                 self.loaded.model.to("cpu")
             log.info("AnimateDiff: session closed (%s); the WebUI is unchanged", reason)
@@ -142,8 +144,9 @@ def start(p: Any, params: AnimateDiffParams, is_img2img: bool) -> Job:
 
 def prepare(p: Any, job: Job) -> None:
     """The ``p``-level changes the WebUI reads later: frames as the batch, prompts per frame."""
-    params, session = job.params, job.session
+    session = job.session
     host_changes.tag_job(session, p, JOB_ATTR, job)
+    job.params = params = _route_video(p, job)
     frames = params.frames
     images = list(getattr(p, "init_images", None) or [])
     if job.is_img2img and 1 < len(images) != frames:
@@ -162,6 +165,30 @@ def prepare(p: Any, job: Job) -> None:
         params.window.context,
         params.model,
     )
+
+
+def _route_video(p: Any, job: Job) -> AnimateDiffParams:
+    """ControlNet units take the video (or frame folder) as per-frame input; the frame count and
+    fps may come from it. Returns the parameters the rest of the job uses."""
+    params = job.params
+    roots = settings.allowed_roots(_get(), getattr(shared(), "cmd_opts", None), _data_path())
+    keep = bool(settings.value(_get(), "animatediff_keep_frames"))
+    job.video = plan = controlnet.plan_video(p, params, allowed_roots=roots, keep_frames=keep)
+    if plan.script_args is not None:
+        host_changes.controlnet_units(job.session, p, plan.script_args)
+    export = params.export
+    if plan.fps is not None and "fps" not in params.given:
+        export = dataclasses.replace(export, fps=max(1, round(plan.fps)))
+    return dataclasses.replace(params, video_length=plan.frames, export=export)
+
+
+def _data_path() -> str:
+    try:
+        from modules import paths
+
+        return str(paths.data_path)
+    except (ImportError, AttributeError):
+        return os.getcwd()
 
 
 def _processing_class(base: type, job: Job) -> type:

@@ -18,7 +18,7 @@ from typing import Any
 from motion_module.params import ParamsError
 
 from . import args as ad_args
-from . import conditioning, failure, host_changes
+from . import conditioning, controlnet, failure, host_changes
 from . import job as jobs
 from .failure import AnimateDiffError
 from .job import Job, base_params, close_stale, job_of, model_folder
@@ -100,7 +100,8 @@ def process_before_every_sampling(p: Any, job: Job, c: Any = None, uc: Any = Non
 
     if c is not None and uc is not None:
         conditioning.pad_conditioning(job.session, p, c, uc)
-    denoiser.install(job.session, p.sampler.model_wrap_cfg, job.params, job.layout)
+    hints = controlnet.hint_inputs(p, job.params.frames)
+    denoiser.install(job.session, p.sampler.model_wrap_cfg, job.params, job.layout, hints)
     log.info(
         "AnimateDiff: windowed denoiser on %s (%d frames, context %d)",
         "the hires pass" if getattr(p, "is_hr_pass", False) else "the sampler",
@@ -117,7 +118,8 @@ def on_cfg_denoiser(cfg_params: Any) -> None:
             try:
                 from . import denoiser
 
-                denoiser.install(job.session, cfg_params.denoiser, job.params, job.layout)
+                hints = controlnet.hint_inputs(job.owner(), job.params.frames)
+                denoiser.install(job.session, cfg_params.denoiser, job.params, job.layout, hints)
                 conditioning.on_cfg_denoiser(job.travel, cfg_params)
             except Exception as error:  # the WebUI swallows callback errors: stop sampling instead
                 job.error = job.error or AnimateDiffError(

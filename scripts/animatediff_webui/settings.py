@@ -126,7 +126,30 @@ OPTIONS: tuple[Option, ...] = (
         "Move the motion module to CPU between jobs",
         info="Frees VRAM between generations; the next job moves it back",
     ),
+    Option(
+        "animatediff_keep_frames",
+        False,
+        "Video-to-video: keep the frames extracted from a video",
+        info="Off: they are deleted when the job ends; on: the folder is named in the console",
+    ),
+    Option(
+        "animatediff_allowed_folders",
+        "",
+        "Video-to-video: folders requests may read when the WebUI listens beyond this machine",
+        info="One per line. With --listen, --share or --server-name, Video path, Mask path and "
+        "video files must lie inside the WebUI's data folder or one of these",
+    ),
 )
+
+
+def allowed_roots(get: Getter, cmd_opts: Any, data_path: str) -> list[str] | None:
+    """Where requests may read media from: anywhere while the WebUI serves only this machine;
+    otherwise only the WebUI's data folder and the folders named in the setting."""
+    public = any(getattr(cmd_opts, flag, None) for flag in ("listen", "share", "server_name"))
+    if not public:
+        return None
+    extra = [line.strip() for line in str(value(get, "animatediff_allowed_folders") or "").splitlines()]
+    return [data_path, *(os.path.abspath(os.path.expanduser(folder)) for folder in extra if folder)]
 
 
 def register(shared: Any, gr: Any) -> None:

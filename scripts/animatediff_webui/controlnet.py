@@ -1,0 +1,280 @@
+"""Host seam for video-to-video with sd-webui-controlnet: the video becomes every unit's input.
+
+sd-webui-controlnet (1.1.4xx) supports AnimateDiff itself once a unit is in batch mode with
+``animatediff_batch`` set: in its ``process`` it loads the unit's batch folder (first line of
+``batch_images``; further lines ``mask:<folder>`` and ``keyframe:i,j``), passes the file list
+through the unit's ``batch_modifiers`` (``(files, p) -> files``), and makes one control image per
+frame, ``p.batch_size`` of them, doubled to [cond | uncond] rows. It reads its units from
+``p.script_args`` (dicts from the API, unit objects from the UI, converted on every read), so
+the routed units are written back there (``host_changes.controlnet_units``) before its
+``process`` runs, in our ``before_process``.
+
+During sampling its UNet hook needs as many hint rows as the UNet call has rows; in a windowed
+call that is the window's frames, so ``hint_inputs`` slices each control's ``hint_cond`` and
+``hr_hint_cond`` per window (``motion_module.windows.PerFrameInputs``). Frames extracted from
+a video live in a per-job temporary folder that the job removes when it closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from motion_module.control_batch_input import (
+    build_batch_input,
+    check_keyframes,
+    check_mask_count,
+    parse_batch_input,
+)
+from motion_module.control_sources import Source, UnitInputs, resolve_frame_count, route_sources
+from motion_module.media_paths import check_readable_path, list_frame_files
+from motion_module.params import AnimateDiffParams
+from motion_module.video_frames import decode_video_data, extract_frames
+from motion_module.windows import PerFrameInputs
+
+from . import host_changes
+
+log = logging.getLogger("animatediff")
+
+TITLE = "controlnet"
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """What routing decided for one job: the frame count and fps to use, ControlNet's new
+    arguments (None: nothing to change), and temporary folders the job removes at the end."""
+
+    frames: int
+    fps: float | None
+    script_args: tuple | None
+    temp_dirs: tuple[str, ...] = ()
+
+
+def find_script(p: Any) -> Any | None:
+    runner = getattr(p, "scripts", None)
+    for script in getattr(runner, "alwayson_scripts", None) or []:
+        if (script.title() or "").lower() == TITLE:
+            return script
+    return None
+
+
+def _get(unit: Any, key: str, default: Any = None) -> Any:
+    return unit.get(key, default) if isinstance(unit, dict) else getattr(unit, key, default)
+
+
+def _is_unit(value: Any) -> bool:
+    return isinstance(value, dict) or hasattr(value, "enabled") and hasattr(value, "module")
+
+
+def _mode(unit: Any) -> str:
+    mode = _get(unit, "input_mode", "simple")
+    return str(getattr(mode, "value", mode) or "simple").lower()
+
+
+def unit_inputs(unit: Any) -> UnitInputs:
+    """A unit as routing sees it. The UI's image component hands over an empty dict or None
+    when nothing was uploaded."""
+    image = _get(unit, "image")
+    has_image = image is not None and not (isinstance(image, dict | list | str) and not image)
+    batch = _get(unit, "batch_images")
+    has_folder = _mode(unit) == "batch" and isinstance(batch, str) and bool(batch.strip())
+    return UnitInputs(
+        enabled=bool(_get(unit, "enabled", False)),
+        has_image=has_image and not has_folder,
+        has_batch_folder=has_folder,
+        has_mask=_get(unit, "mask") is not None or bool(_get(unit, "batch_mask_dir")),
+    )
+
+
+def _batch_unit(unit: Any, batch_images: str, files: list[str]) -> Any:
+    """The unit in batch mode over ``files`` (ControlNet lists its folder itself; the modifier
+    hands it our list: images only, natural order, as many as the video has frames)."""
+
+    def modifier(_listed: list[str], _p: Any) -> list[str]:
+        return list(files)
+
+    changes = {
+        "input_mode": "batch",
+        "batch_images": batch_images,
+        "animatediff_batch": True,
+        "batch_modifiers": [modifier],
+    }
+    if isinstance(unit, dict):
+        return unit | changes
+    mode = _get(unit, "input_mode")
+    changes["input_mode"] = type(mode)("batch") if hasattr(mode, "value") else "batch"
+    if hasattr(unit, "copy") and callable(unit.copy):  # ControlNet's pydantic unit
+        try:
+            return unit.copy(update=changes)
+        except TypeError:
+            pass
+    clone = dataclasses.replace(unit, **changes) if dataclasses.is_dataclass(unit) else None
+    if clone is None:
+        import copy
+
+        clone = copy.copy(unit)
+        vars(clone).update(changes)
+    return clone
+
+
+def plan_video(
+    p: Any, params: AnimateDiffParams, *, allowed_roots: Sequence[str] | None, keep_frames: bool
+) -> VideoPlan:
+    """Route the panel's video, frame folder and masks to the ControlNet units and work out the
+    frame count. Raises ValueError naming the field for every bad input; changes nothing."""
+    cn = find_script(p)
+    wants_video = bool(params.video_source or params.video_path or params.mask_path)
+    if cn is None:
+        if wants_video:
+            field = (
+                "video_source" if params.video_source else "video_path" if params.video_path else "mask_path"
+            )
+            raise ValueError(
+                f"AnimateDiff: {field} needs the sd-webui-controlnet extension, which is not installed; "
+                "install it, or leave Video source, Video path and Mask path empty"
+            )
+        return VideoPlan(params.frames, None, None)
+
+    args = list(getattr(p, "script_args", None) or ())
+    slots = [i for i in range(cn.args_from, min(cn.args_to, len(args))) if _is_unit(args[i])]
+    units = [args[i] for i in slots]
+    inputs = [unit_inputs(unit) for unit in units]
+    if wants_video and not any(u.enabled for u in inputs):
+        raise ValueError(
+            "AnimateDiff: a video was given (video_source/video_path), but no ControlNet unit is enabled; "
+            "enable a unit (with no image of its own) to control the frames with the video"
+        )
+    if not any(u.enabled and (u.has_batch_folder or not u.has_image) for u in inputs):
+        return VideoPlan(params.frames, None, None)
+
+    temp_dirs: list[str] = []
+    try:
+        return _route(params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, keep_frames)
+    except BaseException:
+        _remove(temp_dirs)
+        raise
+
+
+def _route(params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, keep_frames) -> VideoPlan:
+    fps = None
+    source_folder = ""
+    if params.video_source:
+        work = tempfile.mkdtemp(prefix="animatediff-v2v-")
+        temp_dirs.append(work)
+        video = decode_video_data(params.video_source, work)
+        if not str(video).startswith(work):
+            check_readable_path(video, "video_source", allowed_roots)
+        info = extract_frames(video, Path(work) / "frames")
+        source_folder, fps = str(info.folder), info.fps
+    video_path = ""
+    if params.video_path:
+        list_frame_files(params.video_path, "video_path", allowed_roots)
+        video_path = params.video_path
+    mask_path = ""
+    if params.mask_path:
+        list_frame_files(params.mask_path, "mask_path", allowed_roots)
+        mask_path = params.mask_path
+    routes = route_sources(
+        inputs, video_path=video_path, video_source_folder=source_folder, mask_path=mask_path
+    )
+
+    counts: dict[str, int] = {}
+    batches: dict[int, tuple[str, str | None, tuple[int, ...] | None, list[str]]] = {}
+    for k, (unit, route) in enumerate(zip(units, routes, strict=True)):
+        if route.source is Source.OWN_FOLDER:
+            folder, mask, keyframes = parse_batch_input(_get(unit, "batch_images"))
+            field = f"ControlNet unit {k} batch folder"
+            files = list_frame_files(folder, field, allowed_roots)
+        elif route.source in (Source.VIDEO_PATH, Source.VIDEO_SOURCE, Source.I2I_BATCH):
+            folder, mask, keyframes = route.folder, None, None
+            field = {Source.VIDEO_PATH: "video_path", Source.VIDEO_SOURCE: "video_source"}.get(
+                route.source, "img2img batch input folder"
+            )
+            files = list_frame_files(
+                folder, field, None if route.source is Source.VIDEO_SOURCE else allowed_roots
+            )
+        else:
+            continue
+        mask = route.mask_folder or mask
+        if mask is not None:
+            masks = list_frame_files(mask, "mask_path", allowed_roots)
+            check_mask_count(len(masks), len(files))
+        if keyframes is None:
+            counts[field] = len(files)
+        batches[k] = (folder, mask, keyframes, files)
+
+    frames = resolve_frame_count(params.video_length, counts) or params.window.context
+    new_args = list(args)
+    for k, (folder, mask, keyframes, files) in batches.items():
+        if keyframes is not None:
+            check_keyframes(keyframes, frames, len(files))
+        else:
+            files = files[:frames]
+        new_args[slots[k]] = _batch_unit(units[k], build_batch_input(folder, mask, keyframes), files)
+    if batches:
+        log.info(
+            "AnimateDiff: %d frames from %s for ControlNet unit(s) %s",
+            frames,
+            ", ".join(sorted(counts)) or "keyframes",
+            ", ".join(str(k) for k in batches),
+        )
+    kept = () if keep_frames else tuple(temp_dirs)
+    if keep_frames and temp_dirs:
+        log.info("AnimateDiff: extracted frames kept in %s", ", ".join(temp_dirs))
+    return VideoPlan(frames, fps, tuple(new_args) if batches else None, kept)
+
+
+def _remove(folders: Sequence[str]) -> None:
+    import shutil
+
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_temp_dirs(plan: VideoPlan | None) -> None:
+    if plan is not None:
+        _remove(plan.temp_dirs)
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+
+def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
+    """Per-window access to every ControlNet control's hints (None without ControlNet).
+
+    Read at each windowed call, since ControlNet builds its controls after our hooks ran. A
+    hint whose rows are not a whole number of videos (one image for every frame) is shared by
+    all windows and left alone; so are IP-Adapter embeddings, which are not per frame.
+    """
+    cn = find_script(p)
+    if cn is None:
+        return None
+    inputs = PerFrameInputs()
+
+    def params() -> list[Any]:
+        network = getattr(cn, "latest_network", None)
+        return list(getattr(network, "control_params", None) or [])
+
+    def getter(index: int, name: str):
+        def get() -> torch.Tensor | None:
+            controls = params()
+            hint = getattr(controls[index], name, None) if index < len(controls) else None
+            per_frame = isinstance(hint, torch.Tensor) and hint.dim() > 0 and hint.shape[0] % frames == 0
+            return hint if per_frame and hint.shape[0] >= frames else None
+
+        return get
+
+    def setter(index: int, name: str):
+        return lambda value: host_changes.window_hint(params()[index], name, value)
+
+    for index in range(8):  # ControlNet offers at most 8 units; absent ones read as None
+        for name in ("hint_cond", "hr_hint_cond"):
+            inputs.add(f"ControlNet {index} {name}", getter(index, name), setter(index, name))
+    return inputs
