@@ -1,0 +1,184 @@
+"""The ControlNet seam with fakes shaped like sd-webui-controlnet's script and units: the video
+reaches every enabled unit without an input of its own, the frame count and fps come from it,
+every bad input is refused naming its field, and each windowed call sees its frames' hints."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from motion_module.control_batch_input import parse_batch_input
+from motion_module.params import parse_params
+from scripts.animatediff_webui import controlnet
+
+FRAMES = 10
+
+
+class Script:
+    def __init__(self, title, args_from, args_to):
+        self._title, self.args_from, self.args_to = title, args_from, args_to
+
+    def title(self):
+        return self._title
+
+
+class UnitObject:
+    """Stands in for ControlNet's pydantic unit: attributes and ``copy(update=...)``."""
+
+    def __init__(self, **fields):
+        defaults = dict(
+            enabled=False, module="none", model="m", image=None, mask=None, input_mode="simple"
+        )
+        vars(self).update(defaults | {"batch_images": None, "batch_mask_dir": None} | fields)
+
+    def copy(self, update):
+        return UnitObject(**(vars(self) | update))
+
+
+def make_p(units, ad=None):
+    cn = Script("ControlNet", 2, 2 + len(units))
+    scripts = SimpleNamespace(alwayson_scripts=[Script("AnimateDiff", 1, 2), cn])
+    return SimpleNamespace(scripts=scripts, script_args=(0, ad or {}, *units)), cn
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A moving square, FRAMES frames at 12 fps."""
+    path = tmp_path_factory.mktemp("video") / "square.mp4"
+    with imageio.get_writer(path, fps=12, codec="libx264", macro_block_size=1) as writer:
+        for k in range(FRAMES):
+            frame = np.zeros((32, 32, 3), np.uint8)
+            frame[8:16, 2 * k : 2 * k + 8] = 255
+            writer.append_data(frame)
+    return str(path)
+
+
+def folder_of(tmp_path, name, count):
+    folder = tmp_path / name
+    folder.mkdir()
+    for k in range(count):
+        Image.new("RGB", (16, 16), (k, k, k)).save(folder / f"f{k}.png")
+    return str(folder)
+
+
+def plan(p, roots=None, keep=False, **request):
+    params = parse_params({"enable": True, "video_length": 0} | request)
+    return controlnet.plan_video(p, params, allowed_roots=roots, keep_frames=keep)
+
+
+def test_the_video_goes_to_enabled_units_without_an_input(video):
+    free = {"enabled": True, "module": "canny", "image": None}
+    own = {"enabled": True, "module": "depth", "image": "base64-image"}
+    off = {"enabled": False, "module": "none"}
+    obj = UnitObject(enabled=True, module="openpose")
+    p, cn = make_p([free, own, off, obj])
+    result = plan(p, video_source=video)
+    assert result.frames == FRAMES and result.fps == pytest.approx(12)
+    args = result.script_args
+    assert args[:2] == p.script_args[:2]
+    assert args[3] is own and args[4] is off  # untouched
+    for unit in (args[2], args[5]):
+        get = unit.get if isinstance(unit, dict) else lambda k, u=unit: getattr(u, k)
+        assert get("input_mode") == "batch" and get("animatediff_batch") is True
+        folder, mask, keyframes = parse_batch_input(get("batch_images"))
+        assert (mask, keyframes) == (None, None)
+        files = get("batch_modifiers")[0](["ignored"], p)
+        assert [os.path.basename(f) for f in files] == [f"{k:05d}.png" for k in range(FRAMES)]
+        assert all(f.startswith(folder) for f in files)
+    assert isinstance(args[5], UnitObject) and obj.input_mode == "simple"  # a copy, not an edit
+    controlnet.remove_temp_dirs(result)
+    assert not any(os.path.exists(d) for d in result.temp_dirs)
+
+
+def test_video_path_wins_over_video_source_and_masks_reach_units_without_one(tmp_path, video):
+    frames = folder_of(tmp_path, "frames", 8)
+    masks = folder_of(tmp_path, "masks", 1)
+    p, _ = make_p([{"enabled": True}, {"enabled": True, "mask": "own-mask"}])
+    result = plan(p, video_source=video, video_path=frames, mask_path=masks)
+    assert result.frames == 8
+    first, second = result.script_args[2:]
+    assert parse_batch_input(first["batch_images"]) == (frames, masks, None)
+    assert parse_batch_input(second["batch_images"]) == (frames, None, None)
+    controlnet.remove_temp_dirs(result)
+
+
+def test_frame_count_truncates_or_is_refused_with_both_numbers(tmp_path):
+    frames = folder_of(tmp_path, "frames", 8)
+    p, _ = make_p([{"enabled": True}])
+    result = plan(p, video_path=frames, video_length=5)
+    assert result.frames == 5 and len(result.script_args[2]["batch_modifiers"][0]([], p)) == 5
+    with pytest.raises(ValueError, match="video_length is 12.*only 8 images"):
+        plan(p, video_path=frames, video_length=12)
+
+
+def test_a_units_own_folder_with_keyframes(tmp_path):
+    frames = folder_of(tmp_path, "keys", 2)
+    unit = {"enabled": True, "input_mode": "batch", "batch_images": f"{frames}\nkeyframe:0,9"}
+    p, _ = make_p([unit])
+    result = plan(p, video_length=12)
+    assert result.frames == 12
+    assert parse_batch_input(result.script_args[2]["batch_images"]) == (frames, None, (0, 9))
+    with pytest.raises(ValueError, match="keyframe"):
+        plan(p, video_length=8)
+
+
+@pytest.mark.parametrize(
+    ("case", "field"),
+    [
+        ("no ControlNet", "video_source"),
+        ("no unit enabled", "no ControlNet unit is enabled"),
+        ("unreadable video", "video_source"),
+        ("empty folder", "video_path"),
+        ("3 masks for 8 frames", "mask_path"),
+        ("outside the allowed folders", "video_path"),
+    ],
+)
+def test_bad_inputs_are_refused_naming_the_field(tmp_path, video, case, field):
+    frames = folder_of(tmp_path, "frames", 8)
+    p, _ = make_p([{"enabled": True}])
+    request, roots = {"video_path": frames}, None
+    if case == "no ControlNet":
+        p = SimpleNamespace(scripts=SimpleNamespace(alwayson_scripts=[]), script_args=())
+        request = {"video_source": video}
+    elif case == "no unit enabled":
+        p, _ = make_p([{"enabled": False}])
+    elif case == "unreadable video":
+        bad = tmp_path / "broken.mp4"
+        bad.write_bytes(os.urandom(2048))
+        request = {"video_source": str(bad)}
+    elif case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        request = {"video_path": str(tmp_path / "empty")}
+    elif case == "3 masks for 8 frames":
+        request["mask_path"] = folder_of(tmp_path, "masks", 3)
+    else:
+        roots = [str(tmp_path / "elsewhere")]
+    with pytest.raises(ValueError, match=field):
+        plan(p, roots=roots, **request)
+
+
+def test_no_video_and_no_free_unit_changes_nothing():
+    p, _ = make_p([{"enabled": True, "image": "own"}])
+    result = plan(p)
+    assert result.script_args is None and result.frames == 16  # the context, as without ControlNet
+
+
+def test_each_window_call_sees_its_frames_hints():
+    hint = torch.arange(2 * FRAMES, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()
+    shared = torch.ones(1, 3, 4, 4)
+    controls = [SimpleNamespace(hint_cond=hint, hr_hint_cond=None), SimpleNamespace(hint_cond=shared)]
+    p, cn = make_p([{"enabled": True}])
+    cn.latest_network = SimpleNamespace(control_params=controls)
+    inputs = controlnet.hint_inputs(p, FRAMES)
+    index = torch.tensor([2, 3, 4, 12, 13, 14])  # frames 2-4, cond rows then uncond rows
+    with inputs.sliced(index, rows=2 * FRAMES, frames=FRAMES):
+        assert controls[0].hint_cond[:, 0, 0, 0].tolist() == [2, 3, 4, 12, 13, 14]
+        assert controls[1].hint_cond is shared  # one image for every frame: not sliced
+    assert controls[0].hint_cond is hint and controls[0].hr_hint_cond is None
+    assert controlnet.hint_inputs(SimpleNamespace(), FRAMES) is None
