@@ -73,14 +73,20 @@ def sample(
     seed: int,
     alphas: torch.Tensor,
     notes: list[str],
+    *,
+    same_noise: bool = False,
 ) -> torch.Tensor:
     """Euler sampling of eps-prediction through the windowed denoiser; returns (f, 4, h, w).
 
     No classifier-free guidance: one conditioning block is enough to show the windows at work.
+    ``same_noise`` gives every frame the noise of ``seed`` (instead of ``seed + i``), so only a
+    motion module can make the frames differ.
     """
     noise = torch.stack(
         [
-            torch.randn(4, latent, latent, generator=torch.Generator().manual_seed(seed + i))
+            torch.randn(
+                4, latent, latent, generator=torch.Generator().manual_seed(seed + (0 if same_noise else i))
+            )
             for i in range(frames)
         ]
     )  # one seed per frame, like the WebUI: (f, 4, h, w)
