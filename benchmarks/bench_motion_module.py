@@ -1,6 +1,7 @@
 """UNet forward time with and without an injected motion module, beside the predicted FLOP ratio.
 
-Prediction (MOTION_MODULES.md §6.1): each site costs B·F·H·W·(44·C² + 8·F·C) matmul FLOPs; the
+Prediction: each site costs B·F·H·W·(44·C² + 8·F·C) matmul FLOPs (44·C² per token for proj_in,
+q/k/v/out of both attention blocks, the GEGLU feed-forward and proj_out; 8·F·C for QKᵀ and AV); the
 plain UNet's matmul/conv FLOPs are counted with FlopCounterMode. If the module adds no hidden
 cost, time(with) / time(without) ≈ 1 + MM FLOPs / UNet FLOPs. Run: python benchmarks/bench_motion_module.py
 """
@@ -33,7 +34,7 @@ def flops(fn) -> int:
 
 
 def predicted_mm_flops(unet: torch.nn.Module, layout: FrameLayout, run) -> tuple[int, int]:
-    """Sum the §6.1 formula over the sites actually hit, with their real (rows, c, h, w).
+    """Sum the per-site formula above over the sites actually hit, with their real (rows, c, h, w).
 
     Returns (total, attention part): FlopCounterMode does not count CPU SDPA kernels, so the
     counted difference is compared with total - attention.

@@ -1,4 +1,4 @@
-"""State dict → motion-module family, from key names and shapes (MOTION_MODULES.md §3.3).
+"""State dict → motion-module family, from key names and shapes (docs/checkpoint-layouts.md).
 
 Each fact about a checkpoint is a small named predicate; the rules combine them. Files that are
 not motion modules (motion LoRA, SparseCtrl, PIA, the v3 domain adapter) are refused by name.
@@ -185,7 +185,8 @@ def _hinted(name: str, choice: Family, reason: str) -> Family:
 
 
 def choose_family(ev: Evidence, name: str) -> Family:
-    """The recommended rule set of MOTION_MODULES.md §3.3, with file-name hints where needed."""
+    """Down levels (4 SD1.5, 3 SDXL), mid site and positional-table rows decide; the file name
+    only where keys cannot (v1 vs v3 without a table, v2 vs Lightning). See docs/checkpoint-layouts.md."""
     low = name.lower()
     if ev.down_levels == 4 and ev.mid_block:
         if ev.pe_length is None or "lcm" in low:

@@ -1,4 +1,4 @@
-"""The across-frames GroupNorm that v1 and HotShot-XL expect in the UNet (MOTION_MODULES.md §3.4).
+"""The across-frames GroupNorm that v1 and HotShot-XL expect in the UNet.
 
 Those families were trained with a 3-D UNet whose ResBlock and output GroupNorms took statistics
 over all frames of a video. The factory wraps whatever forward a GroupNorm has now (the WebUI may

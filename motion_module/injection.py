@@ -1,6 +1,6 @@
 """Insert a motion module into an ldm/sgm ``UNetModel`` and take it out again exactly.
 
-Sites are found by structure (MOTION_MODULES.md §2): in every input/output block holding a
+Sites are found by structure (docs/checkpoint-layouts.md): in every input/output block holding a
 ResBlock, after its last SpatialTransformer (else after the ResBlock), before any Upsample; in the
 middle block before its last ResBlock for mid-block families. Block kinds are told by class name
 and attributes, so this file never imports ldm or sgm. The whole plan is validated before the first

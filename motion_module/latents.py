@@ -1,8 +1,9 @@
 """img2vid: per-frame starting latents blended from a first image, an optional last image and noise.
 
-Owns the weight curves (SPEC §2.6: a_i = max(0, 1 - i^power / scale), b_i its mirror from the last
-frame) and the blend. Imports nothing from the WebUI: the adapter (``scripts/animatediff_webui/
-img2vid.py``) passes the VAE latents, per-frame noise from the WebUI's seeds and the inpaint mask.
+Owns the weight curves (a_i = max(0, 1 - i^power / scale), b_i its mirror from the last frame, as
+the predecessor extension defined them; docs/behaviour.md) and the blend. Imports nothing from the
+WebUI: the adapter (``scripts/animatediff_webui/img2vid.py``) passes the VAE latents, per-frame
+noise from the WebUI's seeds and the inpaint mask.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def blend_weights(frames: int, params: Img2VidParams, has_last: bool) -> BlendWe
     - noise share = 1 - max(a_i, b_i): each frame keeps as much noise as the *stronger* of the two
       images leaves. It is > 0 on every frame strictly between the ends (a_i < 1 for i > 0 and
       b_i < 1 for i < L-1), and equals the one-image curve wherever the curves do not overlap
-      (so the SPEC's (1, 8) example is unchanged).
+      (so the predecessor's table for power 1, scale 8 at both ends is unchanged).
     - the image share max(a_i, b_i) is split in the ratio a_i(1 - b_i) : b_i(1 - a_i): each image
       counts where the other does not hold. At frame 0, a_0 = 1 makes the last image's part 0,
       so frame 0 is exactly the first image; at frame L-1, b = 1 pins the last image. Both pins

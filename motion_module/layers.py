@@ -1,6 +1,6 @@
 """The temporal transformer of one motion-module site, with the official checkpoints' names.
 
-Attribute names mirror the original AnimateDiff keys (MOTION_MODULES.md §3.1) so a state dict loads
+Attribute names mirror the original AnimateDiff keys (docs/checkpoint-layouts.md) so a state dict loads
 strictly. Frames are always passed in explicitly. Weights may be stored in another dtype (fp8,
 fp16) than the activations: every layer casts its weights to the input's dtype when it computes.
 
@@ -19,7 +19,8 @@ from torch import nn
 
 HEADS = 8
 # CUDA launches SDPA with one grid row per (sequence, head); more than 65535 rows fail with
-# "invalid configuration argument" (MOTION_MODULES.md §6.3). Stay below it on every device.
+# "invalid configuration argument". SD1.5 at 512² with cond+uncond already has 2·64·64 pixel
+# sequences × 8 heads = 65536 at its top level. Stay below it on every device.
 SDPA_MAX_ROWS = 65535
 
 

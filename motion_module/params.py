@@ -103,7 +103,7 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class Img2VidParams:
-    """First/last-frame latent blending on the img2img tab (SPEC §2.6)."""
+    """First/last-frame latent blending on the img2img tab (curves in ``latents.decay_curve``)."""
 
     latent_power: float = 1.0
     latent_scale: float = 32.0

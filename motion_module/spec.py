@@ -1,7 +1,8 @@
 """Motion-module checkpoint families as frozen data, and the beta schedule each was trained with.
 
 Detection (``detect.py``) picks one of these specs; the model, the injection and the WebUI adapter
-only read its fields, so family differences live here and nowhere else (MOTION_MODULES.md §3.2).
+only read its fields, so family differences live here and nowhere else (per-family table in
+docs/checkpoint-layouts.md).
 
 Owns: ``Family``, ``BetaSchedule``, ``MotionModuleSpec``, ``SPECS``, ``alphas_cumprod``.
 """
@@ -82,8 +83,8 @@ SPECS: dict[Family, MotionModuleSpec] = {
     Family.SDXL_BETA: MotionModuleSpec(
         Family.SDXL_BETA, "AnimateDiff SDXL beta", "sdxl", 3, False, 32, False, True, SCALED_LINEAR_SDXL
     ),
-    # HotShot's schedule is taken from the predecessor (linspace 0.00085..0.012); see
-    # MOTION_MODULES.md "Uncertainties".
+    # HotShot's schedule is taken from the predecessor (linspace 0.00085..0.012); HotShot's own
+    # scheduler config was not checked.
     Family.HOTSHOT_XL: MotionModuleSpec(
         Family.HOTSHOT_XL, "HotShot-XL", "sdxl", 3, False, 24, True, False, LINEAR_SD15
     ),

@@ -1,4 +1,4 @@
-"""The seam ControlNet calls for the img2img Batch tab with AnimateDiff on (HOST.md §7).
+"""The seam ControlNet calls for the img2img Batch tab with AnimateDiff on (docs/host-interface.md).
 
 ControlNet replaces the WebUI's Batch-tab loop with ``animatediff_i2i_batch(p, ...)`` when it
 finds this module. Video-to-video from a folder is not implemented yet, so it stops with a

@@ -1,6 +1,6 @@
 """Shared test builders: fabricated motion-module state dicts and tiny real ldm UNets.
 
-State dicts use the real key names of each family (MOTION_MODULES.md §3, §7.1) at any width, so
+State dicts use the real key names of each family (docs/checkpoint-layouts.md) at any width, so
 mini files go through exactly the code path full-size ones do. UNets are ldm ``UNetModel``s with
 random (non-zero) weights in SD1.5 topology (4 levels) and SDXL topology (3 levels, attention at
 levels 1-2). Other test files import these; keep signatures stable.

@@ -1,4 +1,5 @@
-"""Injection into the real ldm UNetModel: placement per MOTION_MODULES §2, exact removal, refusals."""
+"""Injection into the real ldm UNetModel: placement (docs/checkpoint-layouts.md), exact removal,
+refusals."""
 
 from __future__ import annotations
 

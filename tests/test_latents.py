@@ -1,5 +1,6 @@
-"""img2vid weights and blend: SPEC §2.6 tables, the fixed last-frame case (noise in the middle,
-pinned ends, no jump after frame 0), inpaint masks, and reproducibility from seeds."""
+"""img2vid weights and blend: the predecessor's tables (docs/behaviour.md), the fixed last-frame
+case (noise in the middle, pinned ends, no jump after frame 0), inpaint masks, and reproducibility
+from seeds."""
 
 from __future__ import annotations
 

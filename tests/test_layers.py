@@ -1,4 +1,4 @@
-"""The temporal transformer against diffusers' AnimateDiffTransformer3D (MOTION_MODULES.md §5, §7.2).
+"""The temporal transformer against diffusers' AnimateDiffTransformer3D (diffusers 0.42).
 
 Across-frames mode must equal stock diffusers; per-frame mode must equal diffusers with its
 GroupNorm applied frame by frame; and the two modes must really differ.

@@ -245,7 +245,7 @@ def test_success_applies_every_step_and_postprocess_restores_bit_identical(webui
     assert type(p) is FakeP and "close" not in p.__dict__ and "sample" not in p.__dict__  # p is plain again
 
 
-MOTION_LORA_KEY = (  # an A1111-converted motion LoRA's layer name (MOTION_MODULES.md §4.1)
+MOTION_LORA_KEY = (  # an A1111-converted motion LoRA's layer name (docs/checkpoint-layouts.md)
     "down_blocks_1_motion_modules_1_temporal_transformer_transformer_blocks_0_attention_blocks_0_to_q"
 )
 

@@ -19,7 +19,7 @@ from motion_module.params import (
     read_infotext,
 )
 
-# The predecessor's documented API payload (SPEC §2.1), every key, non-default values.
+# The predecessor's documented API payload (docs/behaviour.md), every key, non-default values.
 PREDECESSOR_PAYLOAD = {
     "model": "mm_sd_v15_v2.ckpt",
     "enable": True,
@@ -240,7 +240,7 @@ def test_txt2img_infotext_omits_img2vid_fields():
 
 
 def test_predecessor_infotext_parses_and_turns_the_panel_on():
-    # As the predecessor wrote it (SPEC §2.10): no enable, no format, a version tag, img2img fields.
+    # As the predecessor wrote it (docs/behaviour.md): no enable, no format, a version tag, img2img fields.
     old = (
         "model: mm_sd15_v3.safetensors, video_length: 16, fps: 8, loop_number: 0, closed_loop: R-P, "
         "batch_size: 16, stride: 1, overlap: -1, interp: Off, interp_x: 10, freeinit_enable: False, "

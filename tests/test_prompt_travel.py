@@ -1,6 +1,7 @@
-"""Prompt travel engine: the parser table (SPEC §2.5 examples, JSON style, list prompts, refused
-lines), per-frame fractions of the worked examples A/B/C, slerp against an independent float64
-formula, SDXL dicts, closed-loop wrap rules, and token-length padding."""
+"""Prompt travel engine: the parser table (the predecessor's examples in docs/behaviour.md, JSON
+style, list prompts, refused lines), per-frame fractions of the worked examples A/B/C, slerp
+against an independent float64 formula, SDXL dicts, closed-loop wrap rules, and token-length
+padding."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ OPEN = "1girl, solo, open mouth, smile"
 @pytest.mark.parametrize(
     "prompt, frames, expected, keyframes",
     [
-        # SPEC §2.5 worked example A: head, two keyframes, tail
+        # worked example A (docs/behaviour.md): head, two keyframes, tail
         (EXAMPLE_A, 16, [CLOSED] * 8 + [OPEN] * 8, (0, 8)),
         # no head: no leading ", "; no tail: no trailing ", "
         ("0: closed mouth\n8: open mouth", 12, ["closed mouth"] * 8 + ["open mouth"] * 4, (0, 8)),
@@ -148,7 +149,7 @@ def test_list_prompt_one_entry_per_video_and_bad_lengths():
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-frame fractions: SPEC worked examples
+# Per-frame fractions: worked examples A/B/C of docs/behaviour.md
 
 
 def _fractions(frames, keys, wrap):

@@ -48,7 +48,7 @@ def test_ordered_halving_is_van_der_corput() -> None:
 
 @pytest.mark.parametrize(
     "frames,loop,step,expected",
-    [  # SPEC §2.4 worked examples (context 16, overlap 4)
+    [  # the predecessor's windows (docs/behaviour.md; context 16, overlap 4)
         (24, ClosedLoop.R_MINUS_P, 0, [span(0, 15), wrap(span(12, 23), span(0, 3))]),
         (24, ClosedLoop.R_MINUS_P, 2, [span(6, 21), wrap(span(18, 23), span(0, 9))]),
         (24, ClosedLoop.N, 0, [span(0, 15), span(8, 23)]),

@@ -1,8 +1,9 @@
 """Settings → AnimateDiff: the options table, its registration, and reading it into defaults.
 
-Keys match the predecessor's (SPEC §2.11) where they mean the same, so existing config.json
-entries keep working. ``base_params`` turns the current option values into the
-``AnimateDiffParams`` every parse starts from; it takes a plain getter, so it runs without a WebUI.
+Keys match the predecessor extension's (``animatediff_model_path``, ``animatediff_mp4_crf``, ...)
+where they mean the same, so existing config.json entries keep working. ``base_params`` turns the
+current option values into the ``AnimateDiffParams`` every parse starts from; it takes a plain
+getter, so it runs without a WebUI.
 """
 
 from __future__ import annotations

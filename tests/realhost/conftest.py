@@ -139,7 +139,7 @@ MOTION_LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 
 def motion_lora_state(mm_state: dict, std: float = 0.25, seed: int = 11) -> dict:
     """A rank-4 motion LoRA for every attention projection of a motion-module state dict, keyed
-    as A1111-converted motion LoRAs are (MOTION_MODULES.md §4.1): the underscored module path, then
+    as A1111-converted motion LoRAs are (docs/checkpoint-layouts.md): the underscored module path, then
     ``.lora_down.weight`` [r, in] / ``.lora_up.weight`` [out, r]; no alpha (scale 1)."""
     import torch
 

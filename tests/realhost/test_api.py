@@ -224,7 +224,7 @@ def test_api_infotext_field_restores_animatediff(api_server):
 
 
 def test_predecessor_payload_works_unchanged(api_server):
-    """The predecessor's documented API payload (SPEC §2.1): every key, its example values."""
+    """The predecessor's documented API payload (docs/behaviour.md): every key, its example values."""
     predecessor = {
         "model": MM_NAME,
         "format": ["GIF"],
