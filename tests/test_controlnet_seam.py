@@ -32,9 +32,7 @@ class UnitObject:
     """Stands in for ControlNet's pydantic unit: attributes and ``copy(update=...)``."""
 
     def __init__(self, **fields):
-        defaults = dict(
-            enabled=False, module="none", model="m", image=None, mask=None, input_mode="simple"
-        )
+        defaults = dict(enabled=False, module="none", model="m", image=None, mask=None, input_mode="simple")
         vars(self).update(defaults | {"batch_images": None, "batch_mask_dir": None} | fields)
 
     def copy(self, update):
