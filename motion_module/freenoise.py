@@ -13,17 +13,12 @@ module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 
 import torch
 
+from .params import NoiseType
 
-class NoiseType(str, Enum):
-    """How the starting noise of frames past the first context is made (API field ``noise_type``)."""
-
-    DEFAULT = "default"  # independent noise per frame, untouched
-    FREENOISE = "freenoise"  # each block a random permutation of the block one context earlier
-    REPEATED_CONTEXT = "repeated_context"  # each block an exact copy of the first block
+__all__ = ["NoiseType", "repeat_context", "reschedule_noise", "shuffle_context"]
 
 
 def _generator(seed: torch.Generator | int) -> torch.Generator:

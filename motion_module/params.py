@@ -59,6 +59,14 @@ class Interp(str, Enum):
     FILM = "FILM"  # the predecessor's name for "interpolate"; FILM if Deforum is there, else optical flow
 
 
+class NoiseType(str, Enum):
+    """How the starting noise of frames past the first context is made (``noise_type``)."""
+
+    DEFAULT = "default"  # independent noise per frame, untouched
+    FREENOISE = "freenoise"  # each block a random permutation of the block one context earlier
+    REPEATED_CONTEXT = "repeated_context"  # each block an exact copy of the first block
+
+
 class FreeInitFilter(str, Enum):
     BUTTERWORTH = "butterworth"
     GAUSSIAN = "gaussian"
@@ -113,13 +121,26 @@ class Img2VidParams:
 
 @dataclass(frozen=True)
 class FreeInitParams:
-    """Accepted and carried so predecessor payloads parse; FreeInit itself is not implemented yet."""
+    """FreeInit: sample ``iters`` times, each later pass starting from the low frequencies of the
+    last result (re-noised) and the high frequencies of noise; ``ds``/``dt`` are the spatial and
+    temporal stop frequencies of the low-pass ``filter``."""
 
     enable: bool = False
     filter: FreeInitFilter = FreeInitFilter.BUTTERWORTH
     ds: float = 0.25
     dt: float = 0.25
     iters: int = 3
+    coarse_to_fine: bool = False  # a setting: fewer steps in the early iterations
+
+
+@dataclass(frozen=True)
+class MotionParams:
+    """How strongly the motion module acts: its residual times ``scale``; with a ``mask`` (an
+    image: white = full scale, black = ``mask_min`` × scale) per pixel."""
+
+    scale: float = 1.0
+    mask: Any = dataclasses.field(default=None, compare=False)  # image or base64, like last_frame
+    mask_min: float = 0.0
 
 
 DEFAULT_MODEL = "mm_sd15_v3.safetensors"
@@ -141,6 +162,8 @@ class AnimateDiffParams:
     video_path: str = ""  # folder of frames; wins over video_source
     mask_path: str = ""
     freeinit: FreeInitParams = FreeInitParams()
+    noise_type: NoiseType = NoiseType.DEFAULT
+    motion: MotionParams = MotionParams()
     request_id: str = ""
     travel_interpolation: TravelInterpolation = TravelInterpolation.SLERP
     # The keys the request set (the UI sets all); a video's own fps is used when "fps" is not one.
@@ -372,6 +395,16 @@ FIELDS: tuple[Field, ...] = (
         True,
     ),
     _f("request_id", _text(256), "text (at most 256 characters)", lambda p: p.request_id),
+    # Fields the predecessor did not have come last, so its positional lists keep their meaning.
+    _f(
+        "noise_type",
+        _enum(NoiseType),
+        "one of default, FreeNoise, repeated_context",
+        lambda p: p.noise_type,
+    ),
+    _f("motion_scale", _float_in(0.0, 2.0), "a number 0..2", lambda p: p.motion.scale),
+    _f("motion_mask", _image, "an image, a base64-encoded image, or nothing", lambda p: p.motion.mask),
+    _f("motion_mask_min", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.motion.mask_min),
 )
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
 _BY_KEY = {f.key: f for f in FIELDS}
@@ -542,13 +575,16 @@ def _build(v: dict[str, Any], base: AnimateDiffParams) -> AnimateDiffParams:
         video_source=v["video_source"],
         video_path=v["video_path"],
         mask_path=v["mask_path"],
-        freeinit=FreeInitParams(
-            v["freeinit_enable"],
-            v["freeinit_filter"],
-            v["freeinit_ds"],
-            v["freeinit_dt"],
-            v["freeinit_iters"],
+        freeinit=r(
+            base.freeinit,
+            enable=v["freeinit_enable"],
+            filter=v["freeinit_filter"],
+            ds=v["freeinit_ds"],
+            dt=v["freeinit_dt"],
+            iters=v["freeinit_iters"],
         ),
+        noise_type=v["noise_type"],
+        motion=MotionParams(v["motion_scale"], v["motion_mask"], v["motion_mask_min"]),
         request_id=v["request_id"],
         travel_interpolation=v["travel_interpolation"],
     )
@@ -586,8 +622,18 @@ _INFOTEXT_FIELDS = (
     "freeinit_enable",
 )
 _IMG2VID_FIELDS = ("latent_power", "latent_scale", "latent_power_last", "latent_scale_last")
+_FREEINIT_FIELDS = ("freeinit_filter", "freeinit_ds", "freeinit_dt", "freeinit_iters")  # when it is on
+_MOTION_FIELDS = ("noise_type", "motion_scale", "motion_mask_min")  # when not at their defaults
 # Every field an infotext can carry back into the panel.
-INFOTEXT_FIELDS = (*_INFOTEXT_FIELDS, "request_id", *_IMG2VID_FIELDS, "enable", "format")
+INFOTEXT_FIELDS = (
+    *_INFOTEXT_FIELDS,
+    "request_id",
+    *_IMG2VID_FIELDS,
+    *_FREEINIT_FIELDS,
+    *_MOTION_FIELDS,
+    "enable",
+    "format",
+)
 
 
 def _text_of(value: Any) -> str:
@@ -612,10 +658,21 @@ def infotext_value(
         items.append(("mm_hash", mm_hash))
     if is_img2img:
         items += [(key, flat[key]) for key in _IMG2VID_FIELDS]
+    if params.freeinit.enable:
+        items += [(key, flat[key]) for key in _FREEINIT_FIELDS]
+    defaults = flatten(AnimateDiffParams())
+    items += [(key, flat[key]) for key in _MOTION_FIELDS if flat[key] != defaults[key]]
     if version:
         items.append(("version", version))
     items += [("enable", params.enable), ("format", params.export.formats)]
     return ", ".join(f"{key}: {_text_of(value)}" for key, value in items)
+
+
+def conditional_defaults() -> dict[str, str]:
+    """Infotext text of the fields written only when they matter (FreeInit's settings while it is
+    on, motion fields away from their defaults): pasting an infotext without them means these."""
+    flat = flatten(AnimateDiffParams())
+    return {key: _text_of(flat[key]) for key in (*_FREEINIT_FIELDS, *_MOTION_FIELDS)}
 
 
 def read_infotext(value: str) -> dict[str, str]:

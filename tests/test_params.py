@@ -51,7 +51,8 @@ PREDECESSOR_PAYLOAD = {
 
 
 def test_every_predecessor_key_is_a_field_in_ui_order():
-    assert list(PREDECESSOR_PAYLOAD) == list(FIELD_KEYS)
+    """Its keys come first, in its order, so its positional lists keep their meaning."""
+    assert list(FIELD_KEYS)[: len(PREDECESSOR_PAYLOAD)] == list(PREDECESSOR_PAYLOAD)
 
 
 def test_api_dict_sets_every_field():
@@ -142,6 +143,10 @@ def test_base_supplies_settings_only_fields():
 
 
 BAD_VALUES = [
+    ("noise_type", "shuffled", "default, FreeNoise"),
+    ("motion_scale", 2.5, "0..2"),
+    ("motion_mask", 5, "an image"),
+    ("motion_mask_min", -0.1, "0..1"),
     ("enable", "maybe", "true or false"),
     ("video_length", -1, "0..4096"),
     ("video_length", 2.5, "0..4096"),
@@ -199,8 +204,8 @@ def test_cross_field_overlap_must_be_below_context():
 def test_unknown_key_and_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="unknown argument 'video_lenght'.*video_length"):
         parse_params({"video_lenght": 16})
-    with pytest.raises(ValueError, match="at most 26"):
-        parse_params([None] * 27)
+    with pytest.raises(ValueError, match="at most 30"):
+        parse_params([None] * 31)
     with pytest.raises(ValueError, match="dict keyed by"):
         parse_params(42)  # type: ignore[arg-type]
 

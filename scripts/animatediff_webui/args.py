@@ -20,6 +20,7 @@ from motion_module.params import (
     INFOTEXT_KEY,
     AnimateDiffParams,
     coerce_field,
+    conditional_defaults,
     parse_params,
     read_infotext,
 )
@@ -80,7 +81,7 @@ def pasted_values(fields: Mapping[str, Any]) -> dict[str, Any]:
     text = fields.get(INFOTEXT_KEY)
     if not isinstance(text, str) or not text:
         return {}
-    raw = {"enable": "True"} | read_infotext(text)
+    raw = {"enable": "True"} | conditional_defaults() | read_infotext(text)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in FIELD_KEYS:
@@ -122,7 +123,7 @@ def expand_pasted(_infotext: str, fields: dict[str, Any]) -> None:
         fields[PASTE_PREFIX + key] = value
 
 
-def as_image(value: Any) -> Any:
+def as_image(value: Any, field: str = "last_frame") -> Any:
     """The last frame as a PIL image: UI image, numpy array, gradio dict, or base64 (API)."""
     if value is None:
         return None
@@ -138,7 +139,7 @@ def as_image(value: Any) -> Any:
             return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")
         except Exception as error:
             raise ValueError(
-                f"AnimateDiff: last_frame is not a readable image or base64 image ({error})"
+                f"AnimateDiff: {field} is not a readable image or base64 image ({error})"
             ) from None
     if hasattr(value, "shape"):
         return Image.fromarray(value)

@@ -65,6 +65,7 @@ STEPS: tuple[Change, ...] = (
     Change("windowed denoiser", ("inner_model.forward",)),
     Change("img2vid start latents", ("p.init_latent",)),
     Change("interrupt sampling", ("state.interrupted",)),
+    Change("FreeInit phases", ("state.job_count", "state.job_no", "state.textinfo")),
     Change("export phase", ("state.job_count", "state.job_no", "state.textinfo")),
     Change(
         "stop the job",
@@ -86,6 +87,7 @@ RESULTS: tuple[Change, ...] = (
 )
 PER_CALL: tuple[Change, ...] = (
     Change("ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond")),
+    Change("one sampling pass", ("p.rng", "p.steps", "p.enable_hr", "p.mask", "p.nmask")),
 )
 _NAMES = {change.name for change in STEPS}
 
@@ -304,6 +306,45 @@ def denoiser_forward(session: PatchSession, inner: Any, forward: Any, on_undo: C
 def interrupt(session: PatchSession, state: Any) -> None:
     """Stop the sampler at its next step (a callback cannot raise: the WebUI swallows it)."""
     _set_attr(session, "interrupt sampling", state, {"interrupted": True})
+
+
+def freeinit_phases(session: PatchSession, state: Any, iterations: int, text: str) -> None:
+    """Each FreeInit iteration is a job of its own on the progress bar (the WebUI counts the
+    first); counters and text are given back when the job closes."""
+    saved = {key: getattr(state, key, None) for key in ("job_count", "job_no", "textinfo")}
+
+    def apply() -> None:
+        state.job_count = int(saved["job_count"] or 0) + iterations - 1
+        state.textinfo = text
+
+    def undo() -> None:
+        for key, value in saved.items():
+            setattr(state, key, value)
+
+    _step(session, "FreeInit phases", apply, undo)
+
+
+def freeinit_next(state: Any, text: str) -> None:
+    """The next FreeInit iteration starts (undone with ``freeinit_phases``)."""
+    state.nextjob()
+    state.textinfo = text
+
+
+@contextmanager
+def sampling_pass(p: Any, values: dict[str, Any]) -> Iterator[None]:
+    """Attributes of ``p`` for one call of the WebUI's ``p.sample`` (the noise generator, the
+    step count, hires fix and the inpaint mask of one FreeInit iteration); put back after it."""
+    saved = {key: _own(p, key) for key in values}
+    for key, value in values.items():
+        setattr(p, key, value)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is not _MISSING:
+                setattr(p, key, old)
+            elif _own(p, key) is not _MISSING:
+                delattr(p, key)
 
 
 @contextmanager

@@ -17,9 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
 from motion_module import spec as mm_spec
 from motion_module.frames import FrameLayout
 from motion_module.loading import LoadedMotionModule, MotionModuleCache
+from motion_module.motion_strength import MotionStrength
 from motion_module.params import (
     INFOTEXT_KEY,
     AnimateDiffParams,
@@ -28,7 +32,7 @@ from motion_module.params import (
     infotext_value,
 )
 
-from . import conditioning, controlnet, host_changes, host_model, img2vid, output, settings
+from . import conditioning, controlnet, failure, host_changes, host_model, img2vid, noise, output, settings
 from .args import as_image
 from .failure import AnimateDiffError
 from .patch_session import PatchSession
@@ -137,9 +141,21 @@ def forget_models() -> None:
 
 def start(p: Any, params: AnimateDiffParams, is_img2img: bool) -> Job:
     move_to_cpu = bool(settings.value(_get(), "animatediff_move_to_cpu"))
-    job = Job(params, is_img2img, owner=weakref.ref(p), move_to_cpu=move_to_cpu)
+    layout = FrameLayout(strength=motion_strength(params))
+    job = Job(params, is_img2img, owner=weakref.ref(p), move_to_cpu=move_to_cpu, layout=layout)
     _active.append(job)
     return job
+
+
+def motion_strength(params: AnimateDiffParams) -> MotionStrength:
+    """The motion module's strength for this job; the mask image as an (h, w) map in 0..1."""
+    motion = params.motion
+    image = as_image(motion.mask, "motion_mask")
+    mask = None
+    if image is not None:
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        mask = torch.from_numpy(gray)
+    return MotionStrength(motion.scale, mask, motion.mask_min)
 
 
 def prepare(p: Any, job: Job) -> None:
@@ -202,7 +218,17 @@ def _processing_class(base: type, job: Job) -> type:
                 return base.sample(self, *args, **kwargs)
             if job.error is not None:
                 raise job.error
-            result = base.sample(self, *args, **kwargs)
+
+            def run() -> Any:
+                return base.sample(self, *args, **kwargs)
+
+            if noise.active(job.params):
+                try:
+                    result = noise.sample(self, job.params, job.session, shared().state, run)
+                except ValueError as error:
+                    raise failure.as_error(error) from None
+            else:
+                result = run()
             if job.error is not None:
                 raise job.error
             return result

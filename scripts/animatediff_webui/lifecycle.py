@@ -46,9 +46,11 @@ def before_process(p: Any, script_args: Sequence[Any], is_img2img: bool) -> None
     if getattr(p, "txt2img_upscale", False):
         log.info("AnimateDiff: skipped for the Upscale button (it re-runs one image)")
         return
-    if params.freeinit.enable:
-        log.warning("AnimateDiff: FreeInit is not implemented yet; the job runs without it")
-    job = jobs.start(p, params, is_img2img)
+    try:
+        job = jobs.start(p, params, is_img2img)
+    except ValueError as error:  # a motion mask that is no image
+        failure.arm(p, failure.as_error(error))
+        return
     _guarded(p, job, jobs.prepare)
 
 

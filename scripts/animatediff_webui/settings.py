@@ -128,6 +128,12 @@ OPTIONS: tuple[Option, ...] = (
         info="Frees VRAM between generations; the next job moves it back",
     ),
     Option(
+        "animatediff_freeinit_coarse_to_fine",
+        False,
+        "FreeInit: fewer steps in the early iterations",
+        info="Iteration i of n uses i/n of the steps; the last uses them all",
+    ),
+    Option(
         "animatediff_keep_frames",
         False,
         "Video-to-video: keep the frames extracted from a video",
@@ -206,7 +212,12 @@ def base_params(get: Getter) -> AnimateDiffParams:
         mode=WindowMode(value(get, "animatediff_window_mode")),
     )
     travel = TravelInterpolation(value(get, "animatediff_travel_interpolation"))
-    return dataclasses.replace(base, export=export, window=window, travel_interpolation=travel)
+    freeinit = dataclasses.replace(
+        base.freeinit, coarse_to_fine=bool(value(get, "animatediff_freeinit_coarse_to_fine"))
+    )
+    return dataclasses.replace(
+        base, export=export, window=window, travel_interpolation=travel, freeinit=freeinit
+    )
 
 
 def model_dir(get: Getter, cmd_dir: str | None, extension_root: str) -> str:

@@ -18,6 +18,7 @@ from motion_module.params import (
     ClosedLoop,
     FreeInitFilter,
     Interp,
+    NoiseType,
     flatten,
 )
 
@@ -85,14 +86,25 @@ WIDGETS: dict[str, Widget] = {
         choices=[i.value for i in Interp],
     ),
     "interp_x": _w("Number", "Interp X", "Each frame becomes X frames", precision=0, minimum=1),
-    "video_source": _w("Video", "Video source", "For ControlNet units without their own input"),
-    "video_path": _w("Textbox", "Video path", "Folder of frames; wins over Video source"),
-    "mask_path": _w("Textbox", "Mask path", hidden=True),
-    "freeinit_enable": _w("Checkbox", "Enable FreeInit", hidden=True),
-    "freeinit_filter": _w("Dropdown", "Filter type", hidden=True, choices=[f.value for f in FreeInitFilter]),
-    "freeinit_ds": _w("Slider", "d_s", hidden=True, minimum=0.0, maximum=1.0, step=0.125),
-    "freeinit_dt": _w("Slider", "d_t", hidden=True, minimum=0.0, maximum=1.0, step=0.125),
-    "freeinit_iters": _w("Slider", "FreeInit iterations", hidden=True, minimum=2, maximum=5, step=1),
+    "video_source": _w(
+        "Video",
+        "Video source",
+        "ControlNet units without an input of their own take its frames (one per frame). A unit's own "
+        "image or folder comes first, then the img2img batch folder, then Video path, then this video",
+    ),
+    "video_path": _w(
+        "Textbox",
+        "Video path",
+        "Folder of frames for ControlNet; used instead of Video source when both are given",
+    ),
+    "mask_path": _w("Textbox", "Mask path", "Folder of masks (one, or one per frame) for ControlNet units"),
+    "freeinit_enable": _w(
+        "Checkbox", "Enable FreeInit", "Samples the video several times; steadier, and that many times slower"
+    ),
+    "freeinit_filter": _w("Dropdown", "Filter type", choices=[f.value for f in FreeInitFilter]),
+    "freeinit_ds": _w("Slider", "d_s", "Spatial stop frequency", minimum=0.0, maximum=1.0, step=0.0625),
+    "freeinit_dt": _w("Slider", "d_t", "Temporal stop frequency", minimum=0.0, maximum=1.0, step=0.0625),
+    "freeinit_iters": _w("Slider", "FreeInit iterations", minimum=2, maximum=5, step=1),
     "latent_power": _w(
         "Slider",
         "Latent power",
@@ -119,6 +131,31 @@ WIDGETS: dict[str, Widget] = {
         "Slider", "Latent scale (last frame)", img2img_only=True, minimum=1, maximum=128, step=1
     ),
     "request_id": _w("Textbox", "Request id", hidden=True),
+    "noise_type": _w(
+        "Radio",
+        "Noise",
+        "FreeNoise: windows past the first start from reshuffled noise of the first, for steadier long videos",
+        choices=[t.value for t in NoiseType],
+    ),
+    "motion_scale": _w(
+        "Slider",
+        "Motion scale",
+        "How much the motion module acts; 0 = still frames",
+        minimum=0,
+        maximum=2,
+        step=0.05,
+    ),
+    "motion_mask": _w(
+        "Image", "Motion mask", "White moves, black keeps still (down to the minimum)", type="pil"
+    ),
+    "motion_mask_min": _w(
+        "Slider",
+        "Motion in black areas",
+        "Motion scale left where the mask is black",
+        minimum=0,
+        maximum=1,
+        step=0.05,
+    ),
 }
 # Visual rows; keys not listed here are built hidden after them.
 ROWS: tuple[tuple[str, ...], ...] = (
@@ -128,7 +165,11 @@ ROWS: tuple[tuple[str, ...], ...] = (
     ("closed_loop",),
     ("format",),
     ("interp", "interp_x"),
-    ("video_source", "video_path"),
+    ("video_source", "video_path", "mask_path"),
+    ("noise_type", "motion_scale"),
+    ("motion_mask", "motion_mask_min"),
+    ("freeinit_enable", "freeinit_filter", "freeinit_iters"),
+    ("freeinit_ds", "freeinit_dt"),
     ("latent_power", "latent_scale"),
     ("last_frame",),
     ("latent_power_last", "latent_scale_last"),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from motion_module.params import ClosedLoop, Interp, coerce_field
+from motion_module.params import ClosedLoop, FreeInitFilter, Interp, NoiseType, coerce_field
 
 from . import host_changes
 from .args import XYZ_ATTR, ui_value
@@ -47,6 +47,14 @@ AXES: tuple[Axis, ...] = (
     Axis("Latent scale", "latent_scale", float, img2img_only=True),
     Axis("Latent power last", "latent_power_last", float, img2img_only=True),
     Axis("Latent scale last", "latent_scale_last", float, img2img_only=True),
+    Axis("FreeInit", "freeinit_enable", str, choices=lambda: ["True", "False"]),
+    Axis("FreeInit filter", "freeinit_filter", str, choices=lambda: [f.value for f in FreeInitFilter]),
+    Axis("FreeInit d_s", "freeinit_ds", float),
+    Axis("FreeInit d_t", "freeinit_dt", float),
+    Axis("FreeInit iterations", "freeinit_iters", int),
+    Axis("Noise", "noise_type", str, choices=lambda: [t.value for t in NoiseType]),
+    Axis("Motion scale", "motion_scale", float),
+    Axis("Motion in black areas", "motion_mask_min", float),
 )
 
 
