@@ -180,3 +180,15 @@ def test_each_window_call_sees_its_frames_hints():
         assert controls[1].hint_cond is shared  # one image for every frame: not sliced
     assert controls[0].hint_cond is hint and controls[0].hr_hint_cond is None
     assert controlnet.hint_inputs(SimpleNamespace(), FRAMES) is None
+
+
+def test_the_panel_shows_the_uploaded_videos_frames_and_fps(video):
+    from scripts.animatediff_webui import ui
+
+    fps, text = ui.video_summary({"name": video})
+    assert fps == 12 and f"{FRAMES} frames at 12 fps" in text
+    assert ui.video_summary(None) == (None, "")
+    fps, text = ui.video_summary(
+        video, probe=lambda path: (_ for _ in ()).throw(ValueError("video_source bad"))
+    )
+    assert fps is None and "video_source bad" in text

@@ -21,6 +21,7 @@ from motion_module.params import (
     NoiseType,
     flatten,
 )
+from motion_module.video_frames import probe_video
 
 from .args import PasteKey, ui_value
 from .settings import SAVE_FORMATS
@@ -176,6 +177,29 @@ ROWS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def video_summary(
+    path: Any, probe: Callable[[str], tuple[int, float]] = probe_video
+) -> tuple[int | None, str]:
+    """(fps to put in the FPS field, the line shown under the upload) for an uploaded video.
+
+    The count and fps come from decoding the whole video the way the job will, so they are
+    the numbers the job uses (Number of frames 0 = all of them)."""
+    if isinstance(path, dict):
+        path = path.get("name") or path.get("path")
+    if not path:
+        return None, ""
+    try:
+        count, fps = probe(str(path))
+    except ValueError as error:
+        return None, f"⚠️ {error}"
+    return max(1, round(fps)), f"Video: {count} frames at {fps:.3g} fps (Number of frames 0 uses all of them)"
+
+
+def uploaded_video(path: Any, fps: Any, gr: Any) -> tuple[Any, Any]:
+    new_fps, text = video_summary(path)
+    return gr.update(value=new_fps if new_fps is not None else fps), gr.update(value=text)
+
+
 @dataclass
 class Panel:
     components: list[Any]  # in FIELD_KEYS order: what ui() returns
@@ -229,10 +253,17 @@ def build(
             with gr.Row():
                 for key in row:
                     make(key)
+            if row[0] == "video_source":
+                video_info = gr.Markdown("", elem_id=elem_id("video_info"))
         for key in FIELD_KEYS:
             if key not in comps:
                 make(key)
     refresh.click(fn=lambda: gr.Dropdown.update(choices=model_choices()), inputs=[], outputs=[comps["model"]])
+    comps["video_source"].change(
+        fn=lambda video, fps: uploaded_video(video, fps, gr),
+        inputs=[comps["video_source"], comps["fps"]],
+        outputs=[comps["fps"], video_info],
+    )
 
     components = [comps[key] for key in FIELD_KEYS]
     pastable = [k for k in FIELD_KEYS if k in INFOTEXT_FIELDS and k != "request_id"]

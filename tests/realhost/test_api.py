@@ -420,3 +420,59 @@ def test_interrupt_leaves_webui_unchanged(api_server, action):
     flag = "interrupted" if action == "interrupt" else "skipped"
     assert state[flag], f"{action} did not reach the job: {state}"
     assert_plain_unchanged(api_server, f"an AnimateDiff job stopped by {action}")
+
+
+# --- FreeInit, FreeNoise and motion strength ----------------------------------------------------
+
+
+def test_freeinit_takes_every_iteration_and_changes_the_video(api_server):
+    """The predecessor's FreeInit keys, 3 iterations: a different video in about 3× the time."""
+
+    def timed(**fields):
+        job = ad_job(8, steps=4, batch_size=8, format=["GIF", "Frame"], **fields)
+        started = time.monotonic()
+        body = api_server.generate("/sdapi/v1/txt2img", job)
+        return time.monotonic() - started, frames_of(body, 8), body
+
+    api_server.generate("/sdapi/v1/txt2img", ad_job(8, steps=1, batch_size=8))  # warm caches
+    plain_time, plain, _ = timed(freeinit_enable=False)
+    freeinit_fields = dict(
+        freeinit_enable=True, freeinit_filter="butterworth", freeinit_ds=0.25, freeinit_dt=0.25
+    )
+    free_time, free, body = timed(freeinit_iters=3, **freeinit_fields)
+    difference = float(
+        np.mean([np.abs(a.astype(np.int16) - b).mean() for a, b in zip(plain, free, strict=True)])
+    )
+    assert difference > 2.0, f"FreeInit barely changed the video ({difference:.2f} levels)"
+    ratio = free_time / plain_time
+    assert 1.8 < ratio < 4.5, f"3 FreeInit iterations took {ratio:.2f}× one sampling run"
+    infotext = info_of(body)["infotexts"][0]
+    assert "freeinit_enable: True" in infotext and "freeinit_iters: 3" in infotext
+
+
+def test_motion_scale_0_is_the_identity_module(api_server):
+    """Motion scale 0 leaves what the motion module adds out: pixel-identical to the identity
+    module (proj_out zeroed); a black motion mask with minimum 0 is the same."""
+
+    def video(**fields):
+        job = ad_job(8, batch_size=8, format=["GIF", "Frame"], **fields)
+        return frames_of(api_server.generate("/sdapi/v1/txt2img", job), 8)
+
+    identity = video(model=MM_IDENTITY)
+    still = video(motion_scale=0)
+    assert all(np.array_equal(a, b) for a, b in zip(identity, still, strict=True))
+    black = Image.new("L", (64, 64), 0)
+    masked = video(motion_mask=encode_image(black), motion_mask_min=0)
+    assert all(np.array_equal(a, b) for a, b in zip(identity, masked, strict=True))
+    moving = video()
+    assert any(not np.array_equal(a, b) for a, b in zip(identity, moving, strict=True))
+
+
+def test_freenoise_changes_a_long_video(api_server):
+    def video(**fields):
+        job = ad_job(12, batch_size=4, overlap=1, format=["GIF", "Frame"], **fields)
+        return frames_of(api_server.generate("/sdapi/v1/txt2img", job), 12)
+
+    """With FreeNoise, frames past the first context start from reshuffled noise of the first."""
+    default, freenoise = video(), video(noise_type="FreeNoise")
+    assert any(not np.array_equal(a, b) for a, b in zip(default[4:], freenoise[4:], strict=True))
