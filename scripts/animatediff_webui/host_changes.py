@@ -116,14 +116,15 @@ def _set_attr(session: PatchSession, name: str, obj: Any, values: dict[str, Any]
         for key, value in values.items():
             setattr(obj, key, value)
 
-    def undo() -> None:
-        for key, old in saved.items():
-            if old is not _MISSING:
-                setattr(obj, key, old)
-            elif _own(obj, key) is not _MISSING:
-                delattr(obj, key)
+    _step(session, name, apply, lambda: _restore(obj, saved))
 
-    _step(session, name, apply, undo)
+
+def _restore(obj: Any, saved: dict[str, Any]) -> None:
+    for key, old in saved.items():
+        if old is not _MISSING:
+            setattr(obj, key, old)
+        elif _own(obj, key) is not _MISSING:
+            delattr(obj, key)
 
 
 # --- the processing object p -----------------------------------------------------------------
@@ -308,20 +309,25 @@ def interrupt(session: PatchSession, state: Any) -> None:
     _set_attr(session, "interrupt sampling", state, {"interrupted": True})
 
 
-def freeinit_phases(session: PatchSession, state: Any, iterations: int, text: str) -> None:
-    """Each FreeInit iteration is a job of its own on the progress bar (the WebUI counts the
-    first); counters and text are given back when the job closes."""
+def _more_jobs(session: PatchSession, name: str, state: Any, count: int, text: str) -> None:
+    """``count`` more jobs on the progress bar, and its text; the counters and the text are given
+    back when the job closes, so an X/Y/Z grid's overall progress stays right."""
     saved = {key: getattr(state, key, None) for key in ("job_count", "job_no", "textinfo")}
 
     def apply() -> None:
-        state.job_count = int(saved["job_count"] or 0) + iterations - 1
+        state.job_count = int(saved["job_count"] or 0) + count
         state.textinfo = text
 
     def undo() -> None:
         for key, value in saved.items():
             setattr(state, key, value)
 
-    _step(session, "FreeInit phases", apply, undo)
+    _step(session, name, apply, undo)
+
+
+def freeinit_phases(session: PatchSession, state: Any, iterations: int, text: str) -> None:
+    """Each FreeInit iteration is a job of its own on the progress bar (the WebUI counts the first)."""
+    _more_jobs(session, "FreeInit phases", state, iterations - 1, text)
 
 
 def freeinit_next(state: Any, text: str) -> None:
@@ -340,28 +346,13 @@ def sampling_pass(p: Any, values: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        for key, old in saved.items():
-            if old is not _MISSING:
-                setattr(p, key, old)
-            elif _own(p, key) is not _MISSING:
-                delattr(p, key)
+        _restore(p, saved)
 
 
 @contextmanager
 def export_phase(session: PatchSession, state: Any, text: str) -> Iterator[None]:
-    """Export as a job of its own on the progress bar while it runs; the counters and text are
-    given back when the job closes, so an X/Y/Z grid's overall progress stays right."""
-    saved = {key: getattr(state, key, None) for key in ("job_count", "job_no", "textinfo")}
-
-    def apply() -> None:
-        state.job_count = int(saved["job_count"] or 0) + 1
-        state.textinfo = text
-
-    def undo() -> None:
-        for key, value in saved.items():
-            setattr(state, key, value)
-
-    _step(session, "export phase", apply, undo)
+    """Export as a job of its own on the progress bar while it runs."""
+    _more_jobs(session, "export phase", state, 1, text)
     yield
     state.nextjob()
 
