@@ -57,9 +57,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise MotionModuleLoadError(
+                f"{path.name} is not a readable .safetensors file ({error})"
+            ) from error
     if suffix in PICKLE_SUFFIXES:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -68,6 +74,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path.name} is a pickle that needs code execution to load, so it was refused "
                 f"(nothing in it ran). Use a .safetensors version of this model. Detail: {str(error).splitlines()[0]}"
             ) from error
+        except (RuntimeError, EOFError) as error:  # a truncated or foreign file
+            raise MotionModuleLoadError(f"{path.name} is not a readable checkpoint ({error})") from error
     raise MotionModuleLoadError(
         f"{path.name}: unsupported file type {suffix!r}; use .safetensors, .ckpt, .pt or .pth"
     )

@@ -90,6 +90,7 @@ def mm_dir(tmp_path_factory):
         save_file(make_mm_state_dict(Family.V1), str(folder / "mm_sd_v15.safetensors"))
         save_file(make_mm_state_dict(Family.V3, seed=1), str(folder / "v3_sd15_mm.safetensors"))
         save_file(make_mm_state_dict(Family.SDXL_BETA), str(folder / "mm_sdxl_v10_beta.safetensors"))
+        (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
     return folder
 
 
@@ -367,6 +368,11 @@ def test_unload_hook_closes_the_session(webui):
         (api_args(closed_loop="Q"), "closed_loop = 'Q'"),
         (api_args(overlap=9), "overlap = 9"),
         (api_args(model="missing.safetensors"), "model = 'missing.safetensors' was not found"),
+        (
+            api_args(model="/etc/passwd"),
+            "model = '/etc/passwd' is not allowed; expected a motion-module file",
+        ),
+        (api_args(model="broken.safetensors"), "model = 'broken.safetensors' cannot be used: "),
         (
             api_args(model="mm_sdxl_v10_beta.safetensors"),
             "SDXL motion module, but the loaded checkpoint is SD1.5",

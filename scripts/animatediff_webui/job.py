@@ -22,7 +22,7 @@ import torch
 
 from motion_module import spec as mm_spec
 from motion_module.frames import FrameLayout
-from motion_module.loading import LoadedMotionModule, MotionModuleCache
+from motion_module.loading import LoadedMotionModule, MotionModuleCache, MotionModuleLoadError
 from motion_module.motion_strength import MotionStrength
 from motion_module.params import (
     INFOTEXT_KEY,
@@ -268,7 +268,12 @@ def open_model(p: Any, job: Job) -> None:
     session, params = job.session, job.params
     host = host_model.current(shared(), _devices())
     path = settings.resolve_model(params.model, model_folder(), host.base)
-    loaded = _cache.get(path, device=host.device, dtype=host.dtype, storage_dtype=host.storage_dtype)
+    try:
+        loaded = _cache.get(path, device=host.device, dtype=host.dtype, storage_dtype=host.storage_dtype)
+    except MotionModuleLoadError as error:
+        raise MotionModuleLoadError(
+            f"AnimateDiff: model = {params.model!r} cannot be used: {error}"
+        ) from None
     loaded.model.to(device=host.device)  # it may have been moved to the CPU after the last job
     check_fits_module(params, loaded.spec.pe_length, f"{os.path.basename(path)} ({loaded.spec.label})")
     job.loaded, job.host = loaded, host

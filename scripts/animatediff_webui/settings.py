@@ -256,6 +256,11 @@ def models_for_base(names: list[str], base: str | None) -> list[str]:
 
 def resolve_model(name: str, folder: str, base: str) -> str:
     """A motion-module name from the panel/API -> an existing file, or an error that lists them."""
+    if name and not name.lower().endswith(MODEL_SUFFIXES):
+        raise ValueError(
+            f"AnimateDiff: model = {name!r} is not allowed; expected a motion-module file name "
+            f"ending in {', '.join(MODEL_SUFFIXES)} from {folder}"
+        )
     if name and os.path.isabs(name) and os.path.isfile(name):
         return name
     candidate = os.path.normpath(os.path.join(folder, name)) if name else ""
