@@ -108,7 +108,7 @@ def resolve_frame_count(requested: int, source_counts: Mapping[str, int]) -> int
     name, shortest = min(source_counts.items(), key=lambda item: item[1])
     if requested > shortest:
         raise ValueError(
-            f"video_length is {requested}, but control source {name!r} has only {shortest} images; "
+            f"video_length is {requested}, but {name!r} has only {shortest} images; "
             f"allowed: 0 (use {shortest}) or 1 to {shortest}"
         )
     return requested or shortest

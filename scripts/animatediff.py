@@ -31,7 +31,7 @@ import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts, shared  # noqa: E402
 
 from scripts.animatediff_webui import args as ad_args  # noqa: E402
-from scripts.animatediff_webui import host_model, lifecycle, settings, ui, xyz  # noqa: E402
+from scripts.animatediff_webui import host_model, i2i_batch, lifecycle, settings, ui, xyz  # noqa: E402
 
 # ControlNet imports these two by module name at run time (docs/host-interface.md): cache them as
 # scripts.<name> now, while the extension root is on sys.path.
@@ -122,6 +122,15 @@ def _refuse_a_second_animatediff() -> None:
             )
 
 
+def _hook_batch_tab() -> None:
+    """Without ControlNet the Batch tab is reached through our own wrapper of its loop."""
+    from modules import img2img
+
+    undo = i2i_batch.install_hook(img2img)
+    if undo is not None:
+        script_callbacks.on_script_unloaded(undo, name="animatediff batch tab")
+
+
 def _register_xyz_axes() -> None:
     module = xyz.find_xyz_module(scripts.scripts_data)
     if module is not None:
@@ -129,6 +138,7 @@ def _register_xyz_axes() -> None:
 
 
 _refuse_a_second_animatediff()
+_hook_batch_tab()
 script_callbacks.on_ui_settings(lambda: settings.register(shared, gr), name="animatediff settings")
 script_callbacks.on_cfg_denoiser(lifecycle.on_cfg_denoiser, name="animatediff cfg_denoiser")
 script_callbacks.on_infotext_pasted(ad_args.expand_pasted, name="animatediff infotext")

@@ -1,8 +1,9 @@
-"""The seam ControlNet calls for the img2img Batch tab with AnimateDiff on (docs/host-interface.md).
+"""The name sd-webui-controlnet calls for the img2img Batch tab with AnimateDiff on.
 
-ControlNet replaces the WebUI's Batch-tab loop with ``animatediff_i2i_batch(p, ...)`` when it
-finds this module. Video-to-video from a folder is not implemented yet, so it stops with a
-message that says what to use instead. Contains no Script class.
+ControlNet replaces the WebUI's Batch-tab loop and, when ``get_animatediff_arg(p)`` says
+AnimateDiff is on, calls ``animatediff_i2i_batch`` with the arguments of the WebUI's
+``modules.img2img.process_batch`` instead: the whole folder becomes one video
+(``animatediff_webui.i2i_batch``). Contains no Script class.
 """
 
 from __future__ import annotations
@@ -10,14 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class AnimateDiffBatchNotSupported(RuntimeError):
-    status_code = 422
+def animatediff_i2i_batch(p: Any, *args: Any, **kwargs: Any) -> Any:
+    from scripts.animatediff_webui import i2i_batch
 
-
-def animatediff_i2i_batch(p: Any, *args: Any, **kwargs: Any) -> None:
-    error = AnimateDiffBatchNotSupported(
-        "AnimateDiff: the img2img Batch tab (a folder of frames) is not supported yet. Use the img2img "
-        "tab with one init image (img2vid), or turn AnimateDiff off for batch processing."
-    )
-    error.detail = str(error)
-    raise error
+    return i2i_batch.run_as_video(p, *args, **kwargs)

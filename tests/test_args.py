@@ -255,6 +255,5 @@ def test_controlnet_seams(monkeypatch):
     assert animatediff_utils.get_animatediff_arg(p).is_i2i_batch
     off = SimpleNamespace(scripts=p.scripts, script_args=(0, {"enable": False}, None))
     assert animatediff_utils.get_animatediff_arg(off) is None
-    with pytest.raises(RuntimeError, match="Batch tab .* not supported yet") as caught:
-        animatediff_i2ibatch.animatediff_i2i_batch(p, "in", "out", "")
-    assert caught.value.status_code == 422
+    with pytest.raises(ValueError, match="img2img batch input folder 'in' does not exist"):
+        animatediff_i2ibatch.animatediff_i2i_batch(p, "in", "out", "", [])

@@ -99,8 +99,7 @@ def test_frame_count_beyond_the_shortest_source_is_refused() -> None:
     with pytest.raises(ValueError) as error:
         resolve_frame_count(25, {"unit 1": 30, "video_path": 24})
     assert str(error.value) == (
-        "video_length is 25, but control source 'video_path' has only 24 images; "
-        "allowed: 0 (use 24) or 1 to 24"
+        "video_length is 25, but 'video_path' has only 24 images; allowed: 0 (use 24) or 1 to 24"
     )
 
 

@@ -218,7 +218,11 @@ def assert_unet_unchanged(before, unet):
 
 
 RESULT_WRITES = {w for change in host_changes.RESULTS for w in change.writes}
-CATALOGUE = {w for c in host_changes.STEPS + host_changes.RESULTS + host_changes.PER_CALL for w in c.writes}
+CATALOGUE = {
+    w
+    for c in host_changes.STEPS + host_changes.RESULTS + host_changes.PER_CALL + host_changes.LIFETIME
+    for w in c.writes
+}
 
 
 def written(label, attr):

@@ -479,8 +479,26 @@ def test_img2img_init_image_count_must_fit_the_frames(webui):
     p = FakeP()
     p.init_images = ["a", "b"]
     start(p, api_args(), is_img2img=True)
-    with pytest.raises(lifecycle.AnimateDiffError, match="2 init images for 4 frames"):
+    with pytest.raises(
+        lifecycle.AnimateDiffError, match="video_length is 4, but 'img2img init images' has only 2"
+    ):
         p.setup_prompts()
+
+
+def test_img2img_with_one_init_image_per_frame_takes_its_length_from_them(webui):
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    p.init_images = list("abcdef")
+    start(p, api_args(video_length=0), is_img2img=True)
+    assert lifecycle.job_of(p).params.frames == 6 and p.batch_size == 6
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    shorter = FakeP()
+    shorter.init_images = list("abcdef")
+    start(shorter, api_args(video_length=4), is_img2img=True)
+    assert shorter.init_images == list("abcd") and shorter.batch_size == 4  # the first frames
+    lifecycle.postprocess(shorter, SimpleNamespace(images=[]))
+    assert shorter.init_images == list("abcdef")
+    assert_unchanged(before, webui.sd_model, webui.unet)
 
 
 def test_export_progress_and_png_through_webui(webui, monkeypatch):

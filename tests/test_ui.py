@@ -69,7 +69,11 @@ PROBE = textwrap.dedent(
     import importlib.util, types
     registered = {}
     fake = {name: types.ModuleType(name) for name in
-            ("modules", "modules.scripts", "modules.script_callbacks", "modules.shared", "modules.ui_components")}
+            ("modules", "modules.scripts", "modules.script_callbacks", "modules.shared", "modules.ui_components",
+             "modules.img2img")}
+    def process_batch(p, *args, **kwargs):
+        return "the WebUI's Batch tab loop"
+    fake["modules.img2img"].process_batch = process_batch
     class Script:
         is_img2img = False
         def elem_id(self, item):
@@ -101,6 +105,7 @@ PROBE = textwrap.dedent(
         "callbacks": sorted(registered),
         "controlnet_modules": [m for m in ("scripts.animatediff_utils", "scripts.animatediff_i2ibatch") if m in sys.modules],
         "script_classes": [k for k, v in vars(entry).items() if isinstance(v, type) and issubclass(v, Script)],
+        "batch_tab_hooked": getattr(fake["modules.img2img"].process_batch, "original", None) is process_batch,
     }
     print("PROBE" + json.dumps(out))
     """
@@ -190,6 +195,7 @@ def test_entry_script_loads_like_the_webui_loads_it(probe):
         ["on_ui_settings", "on_cfg_denoiser", "on_infotext_pasted", "on_script_unloaded", "on_before_ui"]
     )
     assert entry["controlnet_modules"] == ["scripts.animatediff_utils", "scripts.animatediff_i2ibatch"]
+    assert entry["batch_tab_hooked"]  # the img2img Batch tab reaches us without ControlNet too
     assert entry["script_classes"] == [
         "AnimateDiffScript"
     ]  # the WebUI registers every Script class in the file

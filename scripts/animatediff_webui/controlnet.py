@@ -44,6 +44,7 @@ from . import host_changes
 log = logging.getLogger("animatediff")
 
 TITLE = "controlnet"
+I2I_FOLDER_ATTR = "animatediff_i2i_batch_folder"  # set by the Batch tab (i2i_batch.FOLDER_ATTR)
 
 
 @dataclass(frozen=True)
@@ -125,10 +126,19 @@ def _batch_unit(unit: Any, batch_images: str, files: list[str]) -> Any:
 
 
 def plan_video(
-    p: Any, params: AnimateDiffParams, *, allowed_roots: Sequence[str] | None, keep_frames: bool
+    p: Any,
+    params: AnimateDiffParams,
+    *,
+    allowed_roots: Sequence[str] | None,
+    keep_frames: bool,
+    init_images: int = 0,
 ) -> VideoPlan:
     """Route the panel's video, frame folder and masks to the ControlNet units and work out the
-    frame count. Raises ValueError naming the field for every bad input; changes nothing."""
+    frame count. ``init_images``: img2img with one init image per frame (more than one) counts
+    as a source of that many frames. Raises ValueError naming the field for every bad input;
+    changes nothing."""
+    own = {"img2img init images": init_images} if init_images > 1 else {}
+    frames = resolve_frame_count(params.video_length, own) or params.window.context
     cn = find_script(p)
     wants_video = bool(params.video_source or params.video_path or params.mask_path)
     if cn is None:
@@ -140,7 +150,7 @@ def plan_video(
                 f"AnimateDiff: {field} needs the sd-webui-controlnet extension, which is not installed; "
                 "install it, or leave Video source, Video path and Mask path empty"
             )
-        return VideoPlan(params.frames, None, None)
+        return VideoPlan(frames, None, None)
 
     args = list(getattr(p, "script_args", None) or ())
     slots = [i for i in range(cn.args_from, min(cn.args_to, len(args))) if _is_unit(args[i])]
@@ -152,17 +162,22 @@ def plan_video(
             "enable a unit (with no image of its own) to control the frames with the video"
         )
     if not any(u.enabled and (u.has_batch_folder or not u.has_image) for u in inputs):
-        return VideoPlan(params.frames, None, None)
+        return VideoPlan(frames, None, None)
 
     temp_dirs: list[str] = []
+    i2i_folder = str(getattr(p, I2I_FOLDER_ATTR, "") or "")
     try:
-        return _route(params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, keep_frames)
+        return _route(
+            params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, keep_frames, own, i2i_folder
+        )
     except BaseException:
         _remove(temp_dirs)
         raise
 
 
-def _route(params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, keep_frames) -> VideoPlan:
+def _route(
+    params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, keep_frames, own_counts, i2i_folder
+) -> VideoPlan:
     fps = None
     source_folder = ""
     if params.video_source:
@@ -182,10 +197,14 @@ def _route(params, cn, args, slots, units, inputs, allowed_roots, temp_dirs, kee
         list_frame_files(params.mask_path, "mask_path", allowed_roots)
         mask_path = params.mask_path
     routes = route_sources(
-        inputs, video_path=video_path, video_source_folder=source_folder, mask_path=mask_path
+        inputs,
+        i2i_batch_folder=i2i_folder,
+        video_path=video_path,
+        video_source_folder=source_folder,
+        mask_path=mask_path,
     )
 
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = dict(own_counts)
     batches: dict[int, tuple[str, str | None, tuple[int, ...] | None, list[str]]] = {}
     for k, (unit, route) in enumerate(zip(units, routes, strict=True)):
         if route.source is Source.OWN_FOLDER:

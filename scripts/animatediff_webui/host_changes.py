@@ -11,6 +11,8 @@ img2vid, denoiser, output, ...) compute values; only the functions here write th
   per-call ``CFGDenoiserParams``, the ``Processed`` result, the infotext of the batch being saved,
   X/Y/Z override dicts on a grid cell's copy of ``p``. They are not undone, as the WebUI's own
   writes to them are not. ``RESULTS`` names them.
+- **For the extension's lifetime**: one wrapper installed when the extension loads and removed
+  when its scripts unload. ``LIFETIME`` names it.
 - **Per call** writes last one windowed UNet call: a window's slice of ControlNet's hints, put
   back by the windowed denoiser as soon as the call returns. ``PER_CALL`` names them.
 
@@ -54,6 +56,7 @@ STEPS: tuple[Change, ...] = (
     ),
     Change("ControlNet view on p", ("p.animatediff_cn_view",)),
     Change("ControlNet units take the video", ("p.script_args",)),
+    Change("init images per frame", ("p.init_images",)),
     Change("inject motion module", ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]")),
     Change("beta schedule", ("sd_model.alphas_cumprod", "sd_model.alphas_cumprod_original")),
     Change(
@@ -84,7 +87,26 @@ RESULTS: tuple[Change, ...] = (
     ),
     Change("X/Y/Z override", ("p.animatediff_xyz",)),
     Change("ControlNet view before the job", ("p.animatediff_cn_view",)),
+    Change(
+        "img2img Batch tab as one video",  # what the WebUI's own Batch tab writes on its request's p
+        (
+            "p.init_images",
+            "p.width",
+            "p.height",
+            "p.image_mask",
+            "p.outpath_samples",
+            "p.override_settings",
+            "p.prompt",
+            "p.negative_prompt",
+            "p.seed",
+            "p.cfg_scale",
+            "p.steps",
+            "p.sampler_name",
+            "p.animatediff_i2i_batch_folder",
+        ),
+    ),
 )
+LIFETIME: tuple[Change, ...] = (Change("img2img Batch tab hook", ("img2img.process_batch",)),)
 PER_CALL: tuple[Change, ...] = (
     Change("ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond")),
     Change("one sampling pass", ("p.rng", "p.steps", "p.enable_hr", "p.mask", "p.nmask")),
@@ -172,6 +194,11 @@ def controlnet_view(session: PatchSession, p: Any, attr: str, view: Any) -> None
 def controlnet_units(session: PatchSession, p: Any, script_args: tuple) -> None:
     """ControlNet's arguments with the routed units in batch mode over the video's frames."""
     _set_attr(session, "ControlNet units take the video", p, {"script_args": script_args})
+
+
+def init_images(session: PatchSession, p: Any, images: list[Any]) -> None:
+    """img2img with one init image per frame, cut to the video's frames."""
+    _set_attr(session, "init images per frame", p, {"init_images": images})
 
 
 def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> None:
@@ -423,6 +450,25 @@ def controlnet_view_before_job(p: Any, attr: str, view: Any) -> None:
     """ControlNet's img2img Batch tab asks for our settings on a ``p`` no job has started on yet,
     marks the answer (``is_i2i_batch``) and expects to read the mark later on that ``p``."""
     setattr(p, attr, view)
+
+
+def batch_tab_video(p: Any, values: dict[str, Any]) -> None:
+    """The Batch tab's request set up as one video: every image an init image, and the options
+    the WebUI's own Batch tab applies (output folder, scale, mask, PNG info)."""
+    for key, value in values.items():
+        setattr(p, key, value)
+
+
+def batch_tab_hook(img2img_module: Any, hook: Any, original: Any) -> Callable[[], None]:
+    """``process_batch`` wrapped for the extension's lifetime; the undo puts the original back
+    unless another extension wrapped ours since (then ours stays in its chain and passes on)."""
+    img2img_module.process_batch = hook
+
+    def undo() -> None:
+        if img2img_module.process_batch is hook:
+            img2img_module.process_batch = original
+
+    return undo
 
 
 def xyz_override(p: Any, attr: str, key: str, value: Any) -> None:

@@ -189,9 +189,14 @@ def _route_video(p: Any, job: Job) -> AnimateDiffParams:
     params = job.params
     roots = settings.allowed_roots(_get(), getattr(shared(), "cmd_opts", None), _data_path())
     keep = bool(settings.value(_get(), "animatediff_keep_frames"))
-    job.video = plan = controlnet.plan_video(p, params, allowed_roots=roots, keep_frames=keep)
+    images = list(getattr(p, "init_images", None) or []) if job.is_img2img else []
+    job.video = plan = controlnet.plan_video(
+        p, params, allowed_roots=roots, keep_frames=keep, init_images=len(images)
+    )
     if plan.script_args is not None:
         host_changes.controlnet_units(job.session, p, plan.script_args)
+    if len(images) > plan.frames:  # one init image per frame: the first ones
+        host_changes.init_images(job.session, p, images[: plan.frames])
     export = params.export
     if plan.fps is not None and "fps" not in params.given:
         export = dataclasses.replace(export, fps=max(1, round(plan.fps)))
