@@ -2,8 +2,8 @@
 
 ``get_animatediff_arg(p)`` returns a small mutable view of this job's AnimateDiff parameters with
 the attribute names ControlNet reads (``enable``, ``video_length``, ``batch_size`` = context,
-``closed_loop``, ``video_path``...). Nothing else of ControlNet is wired up yet. Contains no
-Script class, so the WebUI registers nothing from this file.
+``closed_loop``, ``video_path``, ``prompt_scheduler``...). Contains no Script class, so the
+WebUI registers nothing from this file.
 """
 
 from __future__ import annotations
@@ -12,9 +12,30 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+from motion_module.params import TravelInterpolation
+from motion_module.prompt_travel import interpolate_frames
+
 log = logging.getLogger("animatediff")
 
 _VIEW_ATTR = "animatediff_cn_view"  # kept on p so ControlNet's edits (is_i2i_batch) persist
+
+
+class PromptScheduler:
+    """IP-Adapter keyframes travel like prompt keyframes. ControlNet copies this object, sets
+    ``prompt_map`` to {frame: ...} of the frames its images sit on, and calls ``multi_cond``
+    with one embedding row per frame; the rows between keyframes are interpolated the way
+    prompt travel interpolates (exact at keyframes; ``closed_loop`` travels back to the first)."""
+
+    def __init__(self, mode: TravelInterpolation = TravelInterpolation.SLERP):
+        self.prompt_map: dict[int, Any] = {}
+        self.mode = mode
+
+    def multi_cond(self, cond: Any, closed_loop: bool = False) -> Any:
+        keyframes = sorted(int(k) for k in self.prompt_map)
+        if len(keyframes) < 2:
+            return cond
+        rows = [cond[k] for k in keyframes]
+        return interpolate_frames(rows, keyframes, cond.shape[0], wrap=closed_loop, mode=self.mode).to(cond)
 
 
 def get_animatediff_arg(p: Any) -> SimpleNamespace | None:
@@ -51,7 +72,7 @@ def get_animatediff_arg(p: Any) -> SimpleNamespace | None:
         video_path=params.video_path,
         mask_path=params.mask_path,
         is_i2i_batch=False,
-        prompt_scheduler=None,  # IP-Adapter prompt travel is not wired to ControlNet yet
+        prompt_scheduler=PromptScheduler(params.travel_interpolation),
         request_id=params.request_id,
     )
     if job is not None:

@@ -192,3 +192,24 @@ def test_the_panel_shows_the_uploaded_videos_frames_and_fps(video):
         video, probe=lambda path: (_ for _ in ()).throw(ValueError("video_source bad"))
     )
     assert fps is None and "video_source bad" in text
+
+
+def test_ip_adapter_keyframes_travel_like_prompts():
+    """ControlNet copies the scheduler, maps its keyframes and interpolates one row per frame."""
+    import copy
+
+    from motion_module.prompt_travel import slerp
+    from scripts.animatediff_utils import PromptScheduler
+
+    rows = torch.zeros(8, 4, 6)
+    rows[0], rows[6] = torch.randn(4, 6), torch.randn(4, 6)
+    scheduler = copy.deepcopy(PromptScheduler())
+    scheduler.prompt_map = {0: "", 6: ""}
+    out = scheduler.multi_cond(rows, False)
+    assert out.shape == rows.shape and torch.equal(out[0], rows[0]) and torch.equal(out[6], rows[6])
+    torch.testing.assert_close(out[3], slerp(rows[0], rows[6], 0.5))
+    assert torch.equal(out[7], rows[6])  # past the last keyframe: held
+    looped = scheduler.multi_cond(rows, True)
+    assert not torch.equal(looped[7], rows[6])  # closed loop travels back to the first
+    scheduler.prompt_map = {2: ""}
+    assert scheduler.multi_cond(rows) is rows
