@@ -193,13 +193,23 @@ def make_data_dir(root: Path, name: str, mm_dir: Path, lora_dir: Path | None = N
 
 
 def start_server(
-    root: Path, name: str, ckpt: Path, mm_dir: Path, api_only: bool, lora_dir: Path | None = None
+    root: Path,
+    name: str,
+    ckpt: Path,
+    mm_dir: Path,
+    api_only: bool,
+    lora_dir: Path | None = None,
+    prepare=None,
 ):
+    """``prepare(data_dir)``, if given, adds to the private data dir before the server starts."""
     webui = _webui_dir()
+    data_dir = make_data_dir(root, name, mm_dir, lora_dir)
+    if prepare is not None:
+        prepare(data_dir)
     server = WebUIServer(
         webui_dir=webui,
         python=_webui_python(webui),
-        data_dir=make_data_dir(root, name, mm_dir, lora_dir),
+        data_dir=data_dir,
         ckpt=ckpt,
         api_only=api_only,
         threads=os.environ.get("SD_WEBUI_THREADS", "1"),
@@ -232,6 +242,62 @@ def ui_server(realhost_root, checkpoint, motion_module_dir):
     """Full server with the gradio UI (no --nowebui), for the browser test."""
     server = start_server(realhost_root, "data-ui", checkpoint, motion_module_dir, api_only=False)
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+# --- sd-webui-controlnet ---------------------------------------------------------------------------
+
+CN_MODEL_STEM = "tiny-random-control"  # <data-dir>/models/ControlNet/<stem>.safetensors
+
+
+def controlnet_source() -> tuple[Path | None, str]:
+    """The WebUI checkout's sd-webui-controlnet folder, or None and why not."""
+    webui = _webui_dir()
+    if webui is None:
+        return None, "SD_WEBUI_DIR is not set"
+    folder = webui / "extensions" / "sd-webui-controlnet"
+    if not (folder / "scripts" / "controlnet.py").is_file():
+        return None, f"no sd-webui-controlnet at {folder} (install v1.1.455 there to run these tests)"
+    return folder, ""
+
+
+@pytest.fixture(scope="module")
+def cn_server(request, realhost_root):
+    """API-only server with sd-webui-controlnet linked into its private extensions/, the ControlNet
+    probe (cn_probe_extension) and a random ControlNet for the tiny checkpoint's UNet in
+    models/ControlNet. ``server.cn_model`` is that model's name as ControlNet lists it,
+    ``server.media`` a folder inside the data dir for test videos and frames (requests may read
+    only inside the data dir: the server is started with --server-name), ``server.fresh_plain``
+    the PLAIN job's images right after the start."""
+    source, reason = controlnet_source()
+    if source is None:
+        print(f"\nskipping the ControlNet tests: {reason}")
+        pytest.skip(reason)
+    checkpoint = request.getfixturevalue("checkpoint")  # built only when the tests can run
+    motion_module_dir = request.getfixturevalue("motion_module_dir")
+    from make_assets import build_controlnet
+
+    def prepare(data: Path) -> None:
+        (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
+        shutil.copytree(HERE / "cn_probe_extension", data / "extensions" / "zz-realhost-cn-probe")
+        models = data / "models" / "ControlNet"
+        models.mkdir(parents=True)
+        build_controlnet(str(checkpoint), str(models / f"{CN_MODEL_STEM}.safetensors"))
+        (data / "media").mkdir()
+
+    server = start_server(
+        realhost_root, "data-cn", checkpoint, motion_module_dir, api_only=True, prepare=prepare
+    )
+    try:
+        server.media = server.data_dir / "media"
+        names = server.get("/controlnet/model_list").json()["model_list"]
+        matches = [n for n in names if n.startswith(CN_MODEL_STEM)]
+        assert len(matches) == 1, f"ControlNet lists {names}; expected one {CN_MODEL_STEM} [hash]"
+        server.cn_model = matches[0]
+        body = server.generate("/sdapi/v1/txt2img", PLAIN)
+        server.fresh_plain = [decode_image(b) for b in body["images"]]
         yield server
     finally:
         server.stop()

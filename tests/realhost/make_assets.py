@@ -1,4 +1,5 @@
-"""Builds the WebUI-side test assets at test time: a tiny random-weight SD1.5 checkpoint.
+"""Builds the WebUI-side test assets at test time: a tiny random-weight SD1.5 checkpoint (and,
+for the ControlNet tests, a random ControlNet for its UNet: ``build_controlnet``).
 
 Runs under the WebUI's own interpreter (``SD_WEBUI_PYTHON``) so the checkpoint is made from the
 checkout's ldm classes and its ``configs/v1-inference.yaml``, scaled down (UNet and VAE 32
@@ -132,6 +133,54 @@ def build_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sd15", s
     save_file(state, path)
     OmegaConf.save(cfg, os.path.join(ckpt_dir, name + ".yaml"))
     return path
+
+
+def build_controlnet(
+    ckpt_path: str, out_path: str, seed: int = 3, hint_gain: float = 2.0, zero_gain: float = 1.0
+) -> str:
+    """A random ControlNet (ldm ``cldm`` layout, keys prefixed ``control_model.``) matching the
+    UNet of ``ckpt_path``: its encoder (time embedding, input and middle blocks) is a copy of
+    that UNet's, as a ControlNet is when training starts; the hint block and the zero
+    convolutions get random values large enough that the control reaches the frames (at their
+    usual initialisation, small and zero, it would barely change them). The hint block's last
+    conv sets the width (sd-webui-controlnet reads it through the tier's probe extension).
+    Needs only torch and safetensors."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    unet_prefix = "model.diffusion_model."
+    unet = {k[len(unet_prefix) :]: v for k, v in load_file(ckpt_path).items() if k.startswith(unet_prefix)}
+    state = {
+        k: v.clone()
+        for k, v in unet.items()
+        if k.startswith(("time_embed.", "input_blocks.", "middle_block."))
+    }
+    width = int(unet["input_blocks.0.0.weight"].shape[0])
+    gen = torch.Generator().manual_seed(seed)
+
+    def conv(name: str, c_in: int, c_out: int, k: int, gain: float) -> None:
+        fan_in = c_in * k * k
+        state[name + ".weight"] = torch.randn(c_out, c_in, k, k, generator=gen) * gain / math.sqrt(fan_in)
+        state[name + ".bias"] = torch.randn(c_out, generator=gen) * 0.1
+
+    hint = [3, 16, 16, 32, 32, 96, 96, 256, width]  # cldm's input_hint_block: 8 convs, SiLU between
+    for i in range(8):
+        conv(f"input_hint_block.{2 * i}", hint[i], hint[i + 1], 3, hint_gain)
+
+    def out_channels(block: int) -> int:
+        for key in (f"input_blocks.{block}.0.out_layers.3.weight", f"input_blocks.{block}.0.op.weight"):
+            if key in unet:
+                return int(unet[key].shape[0])
+        return int(unet[f"input_blocks.{block}.0.weight"].shape[0])
+
+    blocks = sorted({int(k.split(".")[1]) for k in unet if k.startswith("input_blocks.")})
+    for block in blocks:
+        ch = out_channels(block)
+        conv(f"zero_convs.{block}.0", ch, ch, 1, zero_gain)
+    mid = int(unet["middle_block.2.out_layers.3.weight"].shape[0])
+    conv("middle_block_out.0", mid, mid, 1, zero_gain)
+    save_file({"control_model." + k: v.float().contiguous() for k, v in state.items()}, out_path)
+    return out_path
 
 
 def main() -> None:

@@ -326,6 +326,18 @@ def test_bad_value_is_refused_with_the_field_named(api_server):
     assert_plain_unchanged(api_server, "a refused AnimateDiff job")
 
 
+def test_video_without_controlnet_is_refused(api_server):
+    """This server has no sd-webui-controlnet: a video given to AnimateDiff cannot control the
+    frames, so the job stops with HTTP 422 naming the field (never a video without the control)."""
+    clip = api_server.data_dir / "no-controlnet.gif"
+    frames = [Image.new("RGB", (64, 64), (40 * i, 0, 0)) for i in range(4)]
+    frames[0].save(clip, save_all=True, append_images=frames[1:], duration=100)
+    response = api_server.post("/sdapi/v1/txt2img", ad_job(0, video_source=str(clip)))
+    assert response.status_code == 422, f"HTTP {response.status_code}: {response.text[:2000]}"
+    assert "video_source" in response.text and "sd-webui-controlnet" in response.text, response.text[:2000]
+    assert_plain_unchanged(api_server, "a video job refused for want of ControlNet")
+
+
 # --- motion LoRAs through the builtin Lora extension ------------------------------------------------
 
 MOTION_LORA_LAYERS = 20 * 2 * 4  # v3 SD1.5: 20 sites × 2 attention blocks × to_q/to_k/to_v/to_out.0

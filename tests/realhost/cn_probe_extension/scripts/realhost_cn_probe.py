@@ -1,0 +1,145 @@
+"""Test-only WebUI extension of the real-host tier: sizes ControlNet to the tiny test model and
+records what its control model sees on every UNet call.
+
+1. sd-webui-controlnet builds every SD1.5 ControlNet at 320 channels (its config is fixed; only
+   the hint and context widths come from the weights), so the tier's scaled-down ControlNet
+   (32 channels, like the tiny checkpoint's UNet) would not load. ``PlugableControlModel`` is
+   built here with the width of the file's hint block, and the keys its ``load_state_dict``
+   leaves missing or unexpected (ControlNet ignores both silently) are recorded.
+2. ``UnetHook.hook`` receives the full per-frame hints before sampling: each row's fingerprint
+   is recorded, for ``hint_cond`` and ``hr_hint_cond``.
+3. Every control-model forward (one per UNet call) records the rows of ``x`` and of the hint it
+   got, each hint row's fingerprint, and which rows ControlNet took as cond and uncond.
+
+``GET /realhost/cn-record`` returns the record; ``POST /realhost/cn-record/reset`` clears it.
+Nothing in the product knows about it.
+"""
+
+import hashlib
+import sys
+import threading
+
+from modules import script_callbacks
+
+_lock = threading.Lock()
+_record: dict = {"loads": [], "hooks": [], "calls": [], "errors": []}
+_patched: list[str] = []
+
+
+def fingerprint(row) -> str:
+    data = row.detach().float().contiguous().cpu().numpy().tobytes()
+    return hashlib.sha1(data).hexdigest()[:12]
+
+
+def _rows(hint) -> list[str]:
+    import torch
+
+    if not isinstance(hint, torch.Tensor) or hint.dim() == 0:
+        return []
+    return [fingerprint(hint[i]) for i in range(hint.shape[0])]
+
+
+def _shape(value):
+    return list(value.shape) if hasattr(value, "shape") else None
+
+
+_current_hook: list = [None]
+
+
+def _patch() -> None:
+    cldm = sys.modules.get("scripts.cldm")
+    hook = sys.modules.get("scripts.hook")
+    if cldm is None or hook is None:
+        return
+    model_cls = cldm.PlugableControlModel
+    if getattr(model_cls, "_realhost_probe", False):
+        return
+    original_init = model_cls.__init__
+    original_forward = model_cls.forward
+    original_hook = hook.UnetHook.hook
+
+    def init(self, config, state_dict=None, *args, **kwargs):
+        if state_dict is not None and "input_hint_block.14.weight" in state_dict:
+            width = int(state_dict["input_hint_block.14.weight"].shape[0])
+            if width != config.get("model_channels"):
+                config = dict(config, model_channels=width)
+        original_init(self, config, state_dict, *args, **kwargs)
+        if state_dict is not None:
+            have = set(self.control_model.state_dict())
+            given = set(state_dict)
+            with _lock:
+                _record["loads"].append(
+                    {
+                        "model_channels": config.get("model_channels"),
+                        "missing": sorted(have - given),
+                        "unexpected": sorted(given - have),
+                        "keys": len(given),
+                    }
+                )
+
+    def forward(self, *args, **kwargs):
+        try:
+            x, hint = kwargs.get("x"), kwargs.get("hint")
+            outer = _current_hook[0]
+            entry = {
+                "x_shape": _shape(x),
+                "hint_shape": _shape(hint),
+                "hint_rows": _rows(hint),
+                "c_indices": list(getattr(outer, "current_c_indices", []) or []),
+                "uc_indices": list(getattr(outer, "current_uc_indices", []) or []),
+                "hires": bool(getattr(outer, "is_in_high_res_fix", False)),
+            }
+            with _lock:
+                _record["calls"].append(entry)
+        except Exception as error:  # never break the job being observed
+            with _lock:
+                _record["errors"].append(f"forward: {type(error).__name__}: {error}")
+        return original_forward(self, *args, **kwargs)
+
+    def hook_(self, model, sd_ldm, control_params, process, *args, **kwargs):
+        _current_hook[0] = self
+        try:
+            entry = [
+                {
+                    "hint_shape": _shape(param.hint_cond),
+                    "hint_rows": _rows(param.hint_cond),
+                    "hr_hint_shape": _shape(param.hr_hint_cond),
+                    "hr_hint_rows": _rows(param.hr_hint_cond),
+                }
+                for param in control_params
+            ]
+            with _lock:
+                _record["hooks"].append(entry)
+        except Exception as error:
+            with _lock:
+                _record["errors"].append(f"hook: {type(error).__name__}: {error}")
+        return original_hook(self, model, sd_ldm, control_params, process, *args, **kwargs)
+
+    model_cls.__init__ = init
+    model_cls.forward = forward
+    hook.UnetHook.hook = hook_
+    model_cls._realhost_probe = True
+    _patched.append("patched")
+    print("realhost-cn-probe: ControlNet patched", flush=True)
+
+
+def _get_record() -> dict:
+    with _lock:
+        return {**{k: list(v) for k, v in _record.items()}, "patched": bool(_patched)}
+
+
+def _reset() -> dict:
+    with _lock:
+        for value in _record.values():
+            value.clear()
+    return {"ok": True}
+
+
+def _routes(_demo, app) -> None:
+    _patch()
+    app.add_api_route("/realhost/cn-record", _get_record, methods=["GET"])
+    app.add_api_route("/realhost/cn-record/reset", _reset, methods=["POST"])
+
+
+_patch()  # ControlNet's scripts load before this one (extensions load sorted by folder name)
+script_callbacks.on_app_started(_routes)
