@@ -33,9 +33,9 @@ from modules import script_callbacks, scripts, shared  # noqa: E402
 from scripts.animatediff_webui import args as ad_args  # noqa: E402
 from scripts.animatediff_webui import host_model, i2i_batch, lifecycle, settings, ui, xyz  # noqa: E402
 
-# ControlNet imports these two by module name at run time (docs/host-interface.md): cache them as
+# ControlNet imports these by module name at run time (docs/host-interface.md): cache them as
 # scripts.<name> now, while the extension root is on sys.path.
-for _name in ("scripts.animatediff_utils", "scripts.animatediff_i2ibatch"):
+for _name in ("scripts.animatediff_utils", "scripts.animatediff_i2ibatch", "scripts.animatediff_mm"):
     importlib.import_module(_name)
 
 log = logging.getLogger("animatediff")

@@ -99,7 +99,7 @@ def test_video_path_wins_over_video_source_and_masks_reach_units_without_one(tmp
     masks = folder_of(tmp_path, "masks", 1)
     p, _ = make_p([{"enabled": True}, {"enabled": True, "mask": "own-mask"}])
     result = plan(p, video_source=video, video_path=frames, mask_path=masks)
-    assert result.frames == 8
+    assert result.frames == 8 and result.fps is None and result.temp_dirs == ()  # the video is not read
     first, second = result.script_args[2:]
     assert parse_batch_input(first["batch_images"]) == (frames, masks, None)
     assert parse_batch_input(second["batch_images"]) == (frames, None, None)
@@ -161,10 +161,31 @@ def test_bad_inputs_are_refused_naming_the_field(tmp_path, video, case, field):
         plan(p, roots=roots, **request)
 
 
-def test_no_video_and_no_free_unit_changes_nothing():
+def test_no_video_and_no_free_unit_changes_nothing(video):
     p, _ = make_p([{"enabled": True, "image": "own"}])
     result = plan(p)
     assert result.script_args is None and result.frames == 16  # the context, as without ControlNet
+    with pytest.raises(ValueError, match="every enabled ControlNet unit has an image of its own"):
+        plan(p, video_source=video)  # a video that no unit would take is refused, not ignored
+
+
+@pytest.mark.parametrize(
+    ("flags", "public"),
+    [
+        ({}, False),
+        ({"server_name": "127.0.0.1"}, False),
+        ({"server_name": "localhost"}, False),
+        ({"listen": True}, True),
+        ({"share": True}, True),
+        ({"server_name": "0.0.0.0"}, True),
+    ],
+)
+def test_paths_are_limited_only_when_the_webui_listens_beyond_this_machine(flags, public):
+    from scripts.animatediff_webui import settings
+
+    get = lambda key, default: {"animatediff_allowed_folders": "/srv/videos\n"}.get(key, default)  # noqa: E731
+    roots = settings.allowed_roots(get, SimpleNamespace(**flags), "/data")
+    assert roots == (["/data", "/srv/videos"] if public else None)
 
 
 def test_each_window_call_sees_its_frames_hints():

@@ -103,7 +103,10 @@ PROBE = textwrap.dedent(
         "labels": [c.label for c in components],
         "infotext_fields": len(script.infotext_fields),
         "callbacks": sorted(registered),
-        "controlnet_modules": [m for m in ("scripts.animatediff_utils", "scripts.animatediff_i2ibatch") if m in sys.modules],
+        "controlnet_modules": [
+            m for m in ("scripts.animatediff_utils", "scripts.animatediff_i2ibatch", "scripts.animatediff_mm")
+            if m in sys.modules
+        ],
         "script_classes": [k for k, v in vars(entry).items() if isinstance(v, type) and issubclass(v, Script)],
         "batch_tab_hooked": getattr(fake["modules.img2img"].process_batch, "original", None) is process_batch,
     }
@@ -194,7 +197,11 @@ def test_entry_script_loads_like_the_webui_loads_it(probe):
     assert entry["callbacks"] == sorted(
         ["on_ui_settings", "on_cfg_denoiser", "on_infotext_pasted", "on_script_unloaded", "on_before_ui"]
     )
-    assert entry["controlnet_modules"] == ["scripts.animatediff_utils", "scripts.animatediff_i2ibatch"]
+    assert entry["controlnet_modules"] == [
+        "scripts.animatediff_utils",
+        "scripts.animatediff_i2ibatch",
+        "scripts.animatediff_mm",
+    ]
     assert entry["batch_tab_hooked"]  # the img2img Batch tab reaches us without ControlNet too
     assert entry["script_classes"] == [
         "AnimateDiffScript"

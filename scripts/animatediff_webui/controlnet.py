@@ -162,6 +162,11 @@ def plan_video(
             "enable a unit (with no image of its own) to control the frames with the video"
         )
     if not any(u.enabled and (u.has_batch_folder or not u.has_image) for u in inputs):
+        if wants_video:
+            raise ValueError(
+                "AnimateDiff: a video was given (video_source/video_path), but every enabled ControlNet unit "
+                "has an image of its own; leave a unit's image empty so it takes the video"
+            )
         return VideoPlan(frames, None, None)
 
     temp_dirs: list[str] = []
@@ -180,7 +185,7 @@ def _route(
 ) -> VideoPlan:
     fps = None
     source_folder = ""
-    if params.video_source:
+    if params.video_source and not (i2i_folder or params.video_path):  # those come first
         work = tempfile.mkdtemp(prefix="animatediff-v2v-")
         temp_dirs.append(work)
         video = decode_video_data(params.video_source, work)

@@ -57,6 +57,7 @@ STEPS: tuple[Change, ...] = (
     Change("ControlNet view on p", ("p.animatediff_cn_view",)),
     Change("ControlNet units take the video", ("p.script_args",)),
     Change("init images per frame", ("p.init_images",)),
+    Change("SparseCtrl frame layout", ("animatediff_mm.current_layout[]",)),
     Change("inject motion module", ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]")),
     Change("beta schedule", ("sd_model.alphas_cumprod", "sd_model.alphas_cumprod_original")),
     Change(
@@ -199,6 +200,16 @@ def controlnet_units(session: PatchSession, p: Any, script_args: tuple) -> None:
 def init_images(session: PatchSession, p: Any, images: list[Any]) -> None:
     """img2img with one init image per frame, cut to the video's frames."""
     _set_attr(session, "init images per frame", p, {"init_images": images})
+
+
+def sparsectrl_layout(session: PatchSession, layout: Any) -> None:
+    """SparseCtrl's motion modules (built by ControlNet through ``scripts.animatediff_mm``) read
+    the running job's frame layout from there."""
+    holder = sys.modules.get("scripts.animatediff_mm")
+    current = getattr(holder, "current_layout", None)
+    if not isinstance(current, list):
+        return
+    _step(session, "SparseCtrl frame layout", lambda: current.append(layout), lambda: current.remove(layout))
 
 
 def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> None:

@@ -296,6 +296,7 @@ def open_model(p: Any, job: Job) -> None:
         layers = host_model.motion_layer_names(host.unet, injected, host.dtype)
         host_changes.lora_layer_names(session, host.sd_model, layers)
     host_changes.reread_lora_networks(session)
+    host_changes.sparsectrl_layout(session, job.layout)
     _write_infotext(p, job)
 
 

@@ -152,7 +152,10 @@ OPTIONS: tuple[Option, ...] = (
 def allowed_roots(get: Getter, cmd_opts: Any, data_path: str) -> list[str] | None:
     """Where requests may read media from: anywhere while the WebUI serves only this machine;
     otherwise only the WebUI's data folder and the folders named in the setting."""
-    public = any(getattr(cmd_opts, flag, None) for flag in ("listen", "share", "server_name"))
+    name = str(getattr(cmd_opts, "server_name", None) or "").strip().lower()
+    public = bool(getattr(cmd_opts, "listen", None) or getattr(cmd_opts, "share", None)) or (
+        name not in ("", "127.0.0.1", "localhost", "::1")
+    )
     if not public:
         return None
     extra = [line.strip() for line in str(value(get, "animatediff_allowed_folders") or "").splitlines()]
