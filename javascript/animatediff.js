@@ -1,7 +1,9 @@
 // AnimateDiff panel niceties (the API never depends on this file):
 // - the accordion title shows "AnimateDiff: on" while Enable is ticked, so a closed panel does not
 //   hide that the next Generate makes a video;
-// - tooltips on the panel's labels repeat the short help written under each field.
+// - tooltips on the panel's labels repeat the short help written under each field;
+// - an MP4 or WebM result (which a gallery cannot show) plays in a video player under the
+//   gallery, looping, with a download link; GIF and WebP stay in the gallery.
 // onUiUpdate runs from a MutationObserver over the whole page: everything here writes to the DOM
 // only when a value really changes, or the write itself would trigger the observer again, forever.
 (function () {
@@ -36,6 +38,49 @@
         });
     }
 
+    const VIDEO = /\.(mp4|webm)(\?|$)/i;
+
+    function galleryVideo(gallery) {
+        const sources = Array.from(gallery.querySelectorAll("img")).map((img) => img.getAttribute("src") || "");
+        const videos = sources.filter((src) => VIDEO.test(src));
+        return videos.find((src) => /\.mp4(\?|$)/i.test(src)) || videos[0] || null;
+    }
+
+    function showVideo(tab) {
+        const gallery = gradioApp().getElementById(`${tab}_gallery`);
+        if (!gallery) return;
+        const url = galleryVideo(gallery);
+        let box = gradioApp().getElementById(`animatediff_${tab}_video`);
+        if (!url) {
+            if (box && box.style.display !== "none") box.style.display = "none";
+            return;
+        }
+        if (!box) {
+            box = document.createElement("div");
+            box.id = `animatediff_${tab}_video`;
+            box.className = "animatediff-video";
+            const video = document.createElement("video");
+            Object.assign(video, {controls: true, loop: true, autoplay: true, muted: true, playsInline: true});
+            video.style.maxWidth = "100%";
+            const link = document.createElement("a");
+            link.textContent = "Download the video";
+            link.setAttribute("download", "");
+            box.append(video, link);
+            gallery.parentElement.insertBefore(box, gallery.nextSibling);
+        }
+        const video = box.querySelector("video");
+        const link = box.querySelector("a");
+        if (video.getAttribute("src") !== url) {
+            video.setAttribute("src", url);
+            link.setAttribute("href", url);
+        }
+        if (box.style.display !== "") box.style.display = "";
+        gallery.querySelectorAll("img").forEach((img) => {  // a gallery cannot draw a video file
+            const item = img.closest("button") || img;
+            if (VIDEO.test(img.getAttribute("src") || "") && item.style.display !== "none") item.style.display = "none";
+        });
+    }
+
     // Hooks each tab's checkbox once, as soon as it exists. showState also runs on every update
     // (a pasted infotext ticks Enable without a change event); it is a no-op unless the state
     // changed, so it cannot feed the observer.
@@ -49,6 +94,7 @@
                 addTooltips(tab);
             }
             showState(tab);
+            showVideo(tab);
         }
     });
 })();

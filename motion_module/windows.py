@@ -134,13 +134,18 @@ def _run_windows(
     params: WindowParams,
     call: Callable[[torch.Tensor, int], torch.Tensor],
     between: Callable[[], None] | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Run ``call(row_index, window_len)`` over packed windows and fuse its outputs per frame."""
+    """Run ``call(row_index, window_len)`` over packed windows and fuse its outputs per frame;
+    ``progress(k, n)`` hears before the k-th of n UNet calls."""
     blocks = _blocks(x.shape[0], frames)
     buffer = FusionBuffer(x, frames)
-    for chunk in _chunks(windows, params.frame_budget):
+    chunks = list(_chunks(windows, params.frame_budget))
+    for number, chunk in enumerate(chunks, 1):
         if between is not None:
             between()
+        if progress is not None:
+            progress(number, len(chunks))
         length = len(chunk[0])
         # (blocks, windows, length) row indices: each video block keeps its windows together
         index = torch.stack([window_rows(w, frames, blocks, x.device).view(blocks, length) for w in chunk], 1)
@@ -175,7 +180,8 @@ class WindowedDenoiser:
     """Callable with the inner model's signature that runs it over context windows.
 
     ``step`` returns the sampler's step counter (the schedule shifts with it); ``between`` runs
-    before each windowed UNet call (the adapter raises the WebUI's interrupt there). ``calls`` and
+    before each windowed UNet call (the adapter raises the WebUI's interrupt there) and
+    ``progress(k, n)`` says which of the step's n calls starts (the adapter shows it). ``calls`` and
     ``frame_evals`` count UNet calls and frames evaluated per block, for tests and benchmarks.
     """
 
@@ -188,10 +194,12 @@ class WindowedDenoiser:
         step: Callable[[], int] = lambda: 0,
         per_frame: PerFrameInputs | None = None,
         between: Callable[[], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ):
         assert frames >= 1, frames
         self.inner, self.params, self.layout, self.frames = inner, params, layout, frames
         self.step, self.per_frame, self.between = step, per_frame or PerFrameInputs(), between
+        self.progress = progress
         self.calls = 0
         self.frame_evals = 0
 
@@ -213,7 +221,7 @@ class WindowedDenoiser:
             self._count(out, index.numel() * frames // rows)
             return out
 
-        return _run_windows(x, frames, windows, self.params, call, self.between)
+        return _run_windows(x, frames, windows, self.params, call, self.between, self.progress)
 
     def _run_all(
         self, x: torch.Tensor, sigma: Any, cond: dict, runner: TemporalRunner | None

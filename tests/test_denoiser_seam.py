@@ -171,9 +171,19 @@ def test_windowed_sampling_routes_every_input(inner_cls, sdxl, layout_name, mode
     registry.add("controlnet hint", lambda: hint["hint"], lambda v: hint.__setitem__("hint", v))
     params = WindowParams(context=8, overlap=2, frame_budget=16, mode=mode)
 
+    progress = []
     with PatchSession() as session:
-        seam.install(session, cfg, ad(params), layout, registry, between=lambda: None)
+        seam.install(
+            session,
+            cfg,
+            ad(params),
+            layout,
+            registry,
+            between=lambda: None,
+            progress=lambda *k: progress.append(k),
+        )
         for step in range(3):
+            progress.clear()
             with layout.using(FRAMES):
                 expected = reference.forward(*args)
             unet.windows.clear()
@@ -184,6 +194,9 @@ def test_windowed_sampling_routes_every_input(inner_cls, sdxl, layout_name, mode
             if mode == WindowMode.UNET:  # the motion module saw only scheduled windows
                 assert {frames for _, frames in unet.windows} == {8}
                 assert sum(rows for rows, _ in unet.windows) % (len(windows) * 8) == 0
+                # one report per UNet call, numbered 1..n of n (again for a separate uncond call)
+                n = progress[0][1]
+                assert progress == [(k, n) for k in range(1, n + 1)] * (len(progress) // n)
             else:
                 assert {rows % 8 for rows, _ in unet.windows} == {0} and unet.windows
     assert "forward" not in cfg.model_wrap.__dict__
@@ -236,7 +249,7 @@ def test_interrupt_raises_the_webui_exception(monkeypatch) -> None:
     class InterruptedException(BaseException):
         pass
 
-    state = types.SimpleNamespace(interrupted=False, skipped=False)
+    state = types.SimpleNamespace(interrupted=False, skipped=False, sampling_steps=20, textinfo="")
     modules = types.ModuleType("modules")
     modules.shared = types.SimpleNamespace(state=state)
     modules.sd_samplers_common = types.SimpleNamespace(InterruptedException=InterruptedException)
@@ -258,4 +271,6 @@ def test_interrupt_raises_the_webui_exception(monkeypatch) -> None:
         seam.install(session, cfg, ad(WindowParams(context=8, overlap=2, frame_budget=0)), layout)
         with pytest.raises(InterruptedException):
             cfg.forward(*inputs(False, False))
+        # the progress text named the window that ran (the default progress report)
+        assert state.textinfo.startswith("AnimateDiff: step 1/20 · window 1/")
     assert len(calls) == 1 and layout.frames == 0

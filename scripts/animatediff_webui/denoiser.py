@@ -50,6 +50,7 @@ def install(
     layout: FrameLayout,
     per_frame_inputs: PerFrameInputs | None = None,
     between: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> WindowedDenoiser:
     """Run ``cfg_denoiser``'s inner model over context windows until ``session`` closes.
 
@@ -65,7 +66,8 @@ def install(
     cond/uncond lengths and with uncond skipped, but not with ``AND`` prompts (several cond rows
     per frame, interleaved). ``per_frame_inputs`` slices extra per-frame tensors (ControlNet
     hints) for each window. ``between`` runs before each windowed UNet call; by default it raises
-    the WebUI's ``InterruptedException`` on Interrupt/Skip, so long videos stop within one window.
+    the WebUI's ``InterruptedException`` on Interrupt/Skip, so long videos stop within one window;
+    ``progress(k, n)`` by default names the window in the progress text.
     """
     inner = cfg_denoiser.inner_model  # the property creates the WebUI's model wrapper if needed
     current = inner.__dict__.get("forward")
@@ -86,11 +88,26 @@ def install(
         step=lambda: cfg_denoiser.step,
         per_frame=per_frame_inputs,
         between=between or raise_if_interrupted,
+        progress=progress or (lambda number, count: show_window(cfg_denoiser.step, number, count)),
     )
     forward = WindowedForward(windowed, original, session)
     host_changes.denoiser_forward(session, inner, forward, on_undo=forward.deactivate)
     log.debug("AnimateDiff: windowed %s (%d frames, %s)", type(inner).__name__, params.frames, params.window)
     return windowed
+
+
+def show_window(step: int, number: int, count: int) -> None:
+    """The progress text names the window: "step 3/20 · window 4/7"."""
+    from modules import shared
+
+    state = shared.state
+    steps = int(getattr(state, "sampling_steps", 0) or 0)
+    text = (
+        f"AnimateDiff: step {int(step) + 1}/{steps} · window {number}/{count}"
+        if steps
+        else (f"AnimateDiff: window {number}/{count}")
+    )
+    host_changes.progress_text(state, text)
 
 
 def raise_if_interrupted() -> None:

@@ -82,6 +82,7 @@ RESULTS: tuple[Change, ...] = (
         "infotext prompts", ("p.prompts", "p.negative_prompts", "p.all_prompts[]", "p.all_negative_prompts[]")
     ),
     Change("per-frame conditioning", ("cfg_params.text_cond", "cfg_params.text_uncond")),
+    Change("progress text", ("state.textinfo",)),
     Change(
         "video results",
         ("processed.images", "processed.infotexts", "processed.index_of_first_image", "processed.comments"),
@@ -441,6 +442,11 @@ def infotext_prompts(p: Any, name: str, texts: list[str], lo: int) -> None:
     every = getattr(p, "all_" + name, None)
     if isinstance(every, list):
         every[lo : lo + len(texts)] = texts
+
+
+def progress_text(state: Any, text: str) -> None:
+    """What the progress bar says (the WebUI rewrites it at every job and step)."""
+    state.textinfo = text
 
 
 def cfg_conditioning(cfg_params: Any, cond: Any, uncond: Any) -> None:
