@@ -61,7 +61,7 @@
             box.className = "animatediff-video";
             const video = document.createElement("video");
             Object.assign(video, {controls: true, loop: true, autoplay: true, muted: true, playsInline: true});
-            video.style.maxWidth = "100%";
+            Object.assign(video.style, {width: "100%", maxHeight: "70vh", background: "#000"});
             const link = document.createElement("a");
             link.textContent = "Download the video";
             link.setAttribute("download", "");

@@ -71,9 +71,14 @@ class FakeState(Recorded):
     def __init__(self):
         self.interrupted = self.skipped = False
         self.job_count, self.job_no, self.textinfo = 1, 0, ""
+        self.current_latent, self.decoded = None, []
 
     def nextjob(self):
         self.job_no += 1
+
+    def do_set_current_image(self):
+        """The live preview: the WebUI VAE-decodes every latent row (its progress grid)."""
+        self.decoded.append(self.current_latent.shape[0])
 
 
 class FakeModel(Recorded):
@@ -313,6 +318,20 @@ def test_a_whole_job_writes_only_catalogued_attributes_and_restores_them(webui):
     job.assert_restored()
     seen = {written(label, attr) for label, attr in WRITES}
     assert {"p.batch_size", "p.__class__", "sd_model.alphas_cumprod", "inner_model.forward"} <= seen
+
+
+def test_live_previews_decode_a_strip_not_the_whole_video(webui):
+    state = webui.shared.state
+    latent = torch.zeros(64, 4, 8, 8)
+    vars(state)["current_latent"] = latent  # what the sampler stored for a 64-frame batch
+    job = Job(webui)
+    job.setup()
+    state.do_set_current_image()
+    assert state.decoded == [host_changes.PREVIEW_FRAMES] and state.current_latent is latent
+    job.finish()
+    state.do_set_current_image()  # after the job: the WebUI's own preview again
+    assert state.decoded == [host_changes.PREVIEW_FRAMES, 64]
+    job.assert_restored()
 
 
 def step_names(webui):

@@ -185,6 +185,7 @@ def api_args(**values):
 def start(p, args, is_img2img=False):
     lifecycle.before_process(p, args, is_img2img)
     lifecycle.process(p)
+    lifecycle.before_process_batch(p)
     p.sampler = p.sampler or SimpleNamespace(model_wrap_cfg=SimpleNamespace(inner_model="inner"))
     lifecycle.process_before_every_sampling(p)
 
@@ -519,7 +520,7 @@ def test_export_progress_and_png_through_webui(webui, monkeypatch):
     params, job_no, job_count, text = seen[-1]
     assert [f.value for f in params.export.formats] == ["GIF"]
     assert (job_no, job_count, text) == (0, 2, "AnimateDiff: saving the video")  # its own phase
-    assert (state.job_no, state.job_count, state.textinfo) == (0, 1, "")  # given back after the job
+    assert (state.job_no, state.job_count) == (0, 1)  # given back after the job
 
 
 def test_real_denoiser_seam_wraps_and_unwraps_the_inner_model(webui, monkeypatch):

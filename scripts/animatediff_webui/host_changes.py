@@ -69,8 +69,10 @@ STEPS: tuple[Change, ...] = (
     Change("windowed denoiser", ("inner_model.forward",)),
     Change("img2vid start latents", ("p.init_latent",)),
     Change("interrupt sampling", ("state.interrupted",)),
-    Change("FreeInit phases", ("state.job_count", "state.job_no", "state.textinfo")),
-    Change("export phase", ("state.job_count", "state.job_no", "state.textinfo")),
+    Change("light live previews", ("state.do_set_current_image",)),
+    Change("FreeInit phases", ("state.job_count",)),
+    Change("next progress phase", ("state.job_no", "state.textinfo")),
+    Change("export phase", ("state.job_count",)),
     Change(
         "stop the job",
         ("p.setup_prompts", "p.init", "p.sample", "p.close", "sampler.sample", "sampler.sample_img2img"),
@@ -112,6 +114,7 @@ LIFETIME: tuple[Change, ...] = (Change("img2img Batch tab hook", ("img2img.proce
 PER_CALL: tuple[Change, ...] = (
     Change("ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond")),
     Change("one sampling pass", ("p.rng", "p.steps", "p.enable_hr", "p.mask", "p.nmask")),
+    Change("preview strip", ("state.current_latent",)),
 )
 _NAMES = {change.name for change in STEPS}
 
@@ -343,36 +346,62 @@ def denoiser_forward(session: PatchSession, inner: Any, forward: Any, on_undo: C
     _step(session, "windowed denoiser", apply, undo)
 
 
+PREVIEW_FRAMES = 4
+
+
+def light_previews(session: PatchSession, state: Any, frames: int = PREVIEW_FRAMES) -> None:
+    """Live previews decode a strip of the first ``frames`` frames, not the whole video: the
+    WebUI decodes every latent of the batch into a grid (its default "show progress grid"), a
+    cost that grows with the video. For the call, the latent it decodes is the strip."""
+    original = getattr(state, "do_set_current_image", None)
+    if original is None:
+        return
+
+    def preview() -> Any:
+        latent = state.current_latent
+        if latent is None or latent.shape[0] <= frames:
+            return original()
+        state.current_latent = latent[:frames]
+        try:
+            return original()
+        finally:
+            state.current_latent = latent
+
+    _set_attr(session, "light live previews", state, {"do_set_current_image": preview})
+
+
 def interrupt(session: PatchSession, state: Any) -> None:
     """Stop the sampler at its next step (a callback cannot raise: the WebUI swallows it)."""
     _set_attr(session, "interrupt sampling", state, {"interrupted": True})
 
 
-def _more_jobs(session: PatchSession, name: str, state: Any, count: int, text: str) -> None:
-    """``count`` more jobs on the progress bar, and its text; the counters and the text are given
-    back when the job closes, so an X/Y/Z grid's overall progress stays right."""
-    saved = {key: getattr(state, key, None) for key in ("job_count", "job_no", "textinfo")}
+def more_jobs(session: PatchSession, name: str, state: Any, count: int) -> None:
+    """``count`` more jobs on the progress bar (FreeInit's extra iterations, the export). Added
+    once the WebUI has counted its own (after ``p.init``), so progress only grows; the undo takes
+    away just these, so the WebUI's counting during the job (an X/Y/Z grid's) stands."""
 
     def apply() -> None:
-        state.job_count = int(saved["job_count"] or 0) + count
-        state.textinfo = text
+        state.job_count = int(state.job_count or 0) + count
 
     def undo() -> None:
-        for key, value in saved.items():
-            setattr(state, key, value)
+        state.job_count = int(state.job_count or 0) - count
 
     _step(session, name, apply, undo)
 
 
-def freeinit_phases(session: PatchSession, state: Any, iterations: int, text: str) -> None:
-    """Each FreeInit iteration is a job of its own on the progress bar (the WebUI counts the first)."""
-    _more_jobs(session, "FreeInit phases", state, iterations - 1, text)
+def next_phase(session: PatchSession, state: Any, text: str) -> None:
+    """One of those jobs starts (``nextjob``) under ``text``; undone the same relative way."""
+    saved = state.textinfo
 
+    def apply() -> None:
+        state.nextjob()
+        state.textinfo = text
 
-def freeinit_next(state: Any, text: str) -> None:
-    """The next FreeInit iteration starts (undone with ``freeinit_phases``)."""
-    state.nextjob()
-    state.textinfo = text
+    def undo() -> None:
+        state.job_no = int(state.job_no or 0) - 1
+        state.textinfo = saved
+
+    _step(session, "next progress phase", apply, undo)
 
 
 @contextmanager
@@ -386,14 +415,6 @@ def sampling_pass(p: Any, values: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         _restore(p, saved)
-
-
-@contextmanager
-def export_phase(session: PatchSession, state: Any, text: str) -> Iterator[None]:
-    """Export as a job of its own on the progress bar while it runs."""
-    _more_jobs(session, "export phase", state, 1, text)
-    yield
-    state.nextjob()
 
 
 def stop_the_job(session: PatchSession, p: Any, error: BaseException) -> None:

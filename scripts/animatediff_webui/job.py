@@ -64,6 +64,7 @@ class Job:
     img2vid: img2vid.StartLatents | None = None
     video: controlnet.VideoPlan | None = None  # video-to-video routing (ControlNet)
     error: AnimateDiffError | None = None  # raised by p.sample once sampling returns or starts
+    export_counted: bool = False  # the export's job is on the progress bar
 
     @property
     def open(self) -> bool:
@@ -297,6 +298,7 @@ def open_model(p: Any, job: Job) -> None:
         host_changes.lora_layer_names(session, host.sd_model, layers)
     host_changes.reread_lora_networks(session)
     host_changes.sparsectrl_layout(session, job.layout)
+    host_changes.light_previews(session, shared().state)
     _write_infotext(p, job)
 
 
@@ -312,6 +314,14 @@ def check_same_model(job: Job) -> None:
 
 
 # --- before every batch -------------------------------------------------------------------------
+
+
+def count_export(job: Job) -> None:
+    """Saving the video is a job of its own on the progress bar, counted from the first batch on
+    (by then the WebUI has counted its own jobs: batches, hires passes)."""
+    if not job.export_counted:
+        host_changes.more_jobs(job.session, "export phase", shared().state, 1)
+        job.export_counted = True
 
 
 def blend_start_latents(p: Any, job: Job) -> None:
@@ -330,8 +340,11 @@ def export(p: Any, processed: Any, job: Job) -> None:
     if _webui_saves_png(params):  # the WebUI has written the PNG frames already
         formats = tuple(f for f in params.export.formats if f is not ExportFormat.PNG) or (ExportFormat.GIF,)
         params = dataclasses.replace(params, export=dataclasses.replace(params.export, formats=formats))
-    with host_changes.export_phase(job.session, shared().state, "AnimateDiff: saving the video"):
-        output.export_processed(p, processed, params, for_grid=_in_xyz_grid(p))
+    state = shared().state
+    host_changes.progress_text(state, "AnimateDiff: saving the video")
+    output.export_processed(p, processed, params, for_grid=_in_xyz_grid(p))
+    if job.export_counted:
+        host_changes.next_phase(job.session, state, "AnimateDiff: video saved")
     log.info("AnimateDiff: exported %s", ", ".join(f.value for f in params.export.formats))
 
 

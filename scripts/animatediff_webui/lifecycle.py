@@ -87,6 +87,7 @@ def process(p: Any, job: Job) -> None:
 @_job_hook
 def before_process_batch(p: Any, job: Job) -> None:
     jobs.check_same_model(job)
+    jobs.count_export(job)
     jobs.blend_start_latents(p, job)
 
 

@@ -87,7 +87,8 @@ def _free_init(p, params, session, state, run: Sample, reschedule) -> torch.Tens
     noise = reschedule(rng.next())
     frames, _, height, width = noise.shape
     low_pass = low_pass_filter(frames, height, width, fi.filter, fi.ds, fi.dt, device=noise.device)
-    host_changes.freeinit_phases(session, state, fi.iters, "AnimateDiff: FreeInit iteration 1")
+    host_changes.more_jobs(session, "FreeInit phases", state, fi.iters - 1)
+    host_changes.progress_text(state, "AnimateDiff: FreeInit iteration 1")
     total_steps = int(p.steps)
     start, result = noise, None
     for i in range(fi.iters):
@@ -100,7 +101,7 @@ def _free_init(p, params, session, state, run: Sample, reschedule) -> torch.Tens
                 start = reinit_noise(base, noise, noise, low_pass, alpha_bar=alpha_bar)
             else:
                 start = reinit_noise(base, noise, noise, low_pass, sigma=sigma) / sigma
-            host_changes.freeinit_next(state, f"AnimateDiff: FreeInit iteration {i + 1}")
+            host_changes.next_phase(session, state, f"AnimateDiff: FreeInit iteration {i + 1}")
         values: dict[str, Any] = {"rng": Noise(rng, start.to(noise.dtype), reschedule)}
         if fi.coarse_to_fine:
             values["steps"] = coarse_to_fine_steps(total_steps, i, fi.iters)

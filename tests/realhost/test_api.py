@@ -488,3 +488,29 @@ def test_freenoise_changes_a_long_video(api_server):
     """With FreeNoise, frames past the first context start from reshuffled noise of the first."""
     default, freenoise = video(), video(noise_type="FreeNoise")
     assert any(not np.array_equal(a, b) for a, b in zip(default[4:], freenoise[4:], strict=True))
+
+
+def test_progress_names_the_window_and_only_grows(api_server):
+    """/sdapi/v1/progress polled during a 40-frame job: increasing progress, window in the text."""
+    result: dict = {}
+
+    def run():
+        job = ad_job(40, steps=3, batch_size=8, overlap=2)
+        result["body"] = api_server.generate("/sdapi/v1/txt2img", job)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    seen = []
+    deadline = time.monotonic() + 300
+    while worker.is_alive() and time.monotonic() < deadline:
+        progress = api_server.get("/sdapi/v1/progress?skip_current_image=true").json()
+        if progress["state"].get("job_count", 0) > 0:
+            seen.append((progress["progress"], progress.get("textinfo") or ""))
+        time.sleep(0.1)
+    worker.join(timeout=60)
+    assert_video(result["body"], 40)
+    texts = [text for _, text in seen if "window" in text]
+    assert texts, f"no progress text named a window: {seen[:40]}"
+    assert any(text.startswith("AnimateDiff: step ") and " · window " in text for text in texts)
+    values = [value for value, _ in seen if value > 0]
+    assert len(values) >= 3 and all(b >= a - 1e-6 for a, b in zip(values, values[1:], strict=False)), values
