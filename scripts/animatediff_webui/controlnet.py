@@ -146,9 +146,11 @@ def plan_video(
             field = (
                 "video_source" if params.video_source else "video_path" if params.video_path else "mask_path"
             )
+            value = str(getattr(params, field))
+            shown = value if len(value) <= 60 else value[:57] + "..."
             raise ValueError(
-                f"AnimateDiff: {field} needs the sd-webui-controlnet extension, which is not installed; "
-                "install it, or leave Video source, Video path and Mask path empty"
+                f"AnimateDiff: {field} = {shown!r} needs the sd-webui-controlnet extension, which is not "
+                "installed; install it, or leave Video source, Video path and Mask path empty"
             )
         return VideoPlan(frames, None, None)
 

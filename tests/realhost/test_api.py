@@ -326,6 +326,26 @@ def test_bad_value_is_refused_with_the_field_named(api_server):
     assert_plain_unchanged(api_server, "a refused AnimateDiff job")
 
 
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"model": "/etc/passwd"}, ("model = '/etc/passwd'", "expected a motion-module file")),
+        (
+            {"model": "missing.safetensors"},
+            ("model = 'missing.safetensors'", "available for this checkpoint"),
+        ),
+        ({"motion_scale": 3}, ("motion_scale = 3", "expected a number 0..2")),
+        ({"noise_type": "pink"}, ("noise_type = 'pink'", "expected one of default")),
+        ({"freeinit_enable": True, "freeinit_iters": 9}, ("freeinit_iters = 9", "2..5")),
+        ({"video_path": "/nonexistent/frames"}, ("video_path", "/nonexistent/frames")),
+    ],
+)
+def test_every_refusal_names_field_value_and_what_is_allowed(api_server, fields, named):
+    response = api_server.post("/sdapi/v1/txt2img", ad_job(8, batch_size=8, **fields))
+    assert response.status_code == 422, f"HTTP {response.status_code}: {response.text[:1000]}"
+    assert all(text in response.text for text in named), response.text[:1000]
+
+
 def test_video_without_controlnet_is_refused(api_server):
     """This server has no sd-webui-controlnet: a video given to AnimateDiff cannot control the
     frames, so the job stops with HTTP 422 naming the field (never a video without the control)."""
