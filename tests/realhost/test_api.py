@@ -534,3 +534,36 @@ def test_progress_names_the_window_and_only_grows(api_server):
     assert any(text.startswith("AnimateDiff: step ") and " · window " in text for text in texts)
     values = [value for value, _ in seen if value > 0]
     assert len(values) >= 3 and all(b >= a - 1e-6 for a, b in zip(values, values[1:], strict=False)), values
+
+
+def test_live_previews_decode_a_strip_of_a_long_video(api_server):
+    """With live previews on every step and the progress grid on (the WebUI's default), a 64-frame
+    job decodes at most four frames per preview instead of all 64."""
+    options = api_server.get("/sdapi/v1/options").json()
+    keep = {
+        k: options[k] for k in ("show_progress_every_n_steps", "live_previews_enable", "show_progress_grid")
+    }
+    api_server.post("/sdapi/v1/options", {"show_progress_every_n_steps": 1, "live_previews_enable": True})
+    try:
+        api_server.get("/realhost/preview-decodes")  # reset
+        result: dict = {}
+
+        def run():
+            result["body"] = api_server.generate("/sdapi/v1/txt2img", ad_job(64, steps=3, batch_size=16))
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        images = set()
+        while worker.is_alive():
+            progress = api_server.get("/sdapi/v1/progress").json()  # asks for the live preview
+            if progress.get("current_image"):
+                images.add(progress["current_image"])
+            time.sleep(0.2)
+        previews = len(images)  # each different preview is one decode of the current latents
+        worker.join(timeout=60)
+        assert_video(result["body"], 64)
+        decodes = api_server.get("/realhost/preview-decodes").json()["decodes"]
+    finally:
+        api_server.post("/sdapi/v1/options", keep)
+    assert previews >= 1, "no live preview was made during the job"
+    assert 0 < decodes <= 4 * (previews + 1), f"{decodes} latents decoded for {previews} previews of 64 frames"
