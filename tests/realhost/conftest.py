@@ -86,10 +86,10 @@ def realhost_root():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def checkpoint(realhost_root) -> Path:
-    """Tiny random SD1.5 checkpoint + same-named yaml, built by the WebUI's own interpreter; a
-    second one (``SECOND_CHECKPOINT``, other weights) sits beside it for checkpoint switches."""
+def make_checkpoints(root: Path) -> Path:
+    """Tiny random SD1.5 checkpoint + same-named yaml in ``root``, built by the WebUI's own
+    interpreter; a second one (``SECOND_CHECKPOINT``, other weights) sits beside it. Returns the
+    first. (Also used by benchmarks/bench_controlnet.py.)"""
     webui = _webui_dir()
     out = subprocess.run(
         [
@@ -98,7 +98,7 @@ def checkpoint(realhost_root) -> Path:
             "--webui",
             str(webui),
             "--out",
-            str(realhost_root),
+            str(root),
             "--second",
         ],
         capture_output=True,
@@ -114,23 +114,35 @@ def checkpoint(realhost_root) -> Path:
     return paths[0]
 
 
-@pytest.fixture(scope="session")
-def motion_module_dir(realhost_root) -> Path:
-    """A random v3-family motion module at the tiny UNet's widths (32, 64, 128, 128), and its
-    identity twin (proj_out zeroed), the control for "the motion module acts on the frames"."""
+def make_motion_modules(root: Path) -> Path:
+    """The random v3 motion module (``MM_NAME``) and its identity twin in ``root/motion-modules``."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from safetensors.torch import save_file
 
     from tests.factories import MINI_SD15, make_mm_state_dict
 
-    folder = realhost_root / "motion-modules"
+    folder = root / "motion-modules"
     folder.mkdir()
     state = make_mm_state_dict("v3", widths=MINI_SD15, std=0.05, seed=7)
     save_file(state, str(folder / MM_NAME))
     identity = {k: (v.zero_() if ".proj_out." in k else v) for k, v in state.items()}
     save_file(identity, str(folder / MM_IDENTITY))
     return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint(realhost_root) -> Path:
+    """Tiny random SD1.5 checkpoint + same-named yaml, built by the WebUI's own interpreter; a
+    second one (``SECOND_CHECKPOINT``, other weights) sits beside it for checkpoint switches."""
+    return make_checkpoints(realhost_root)
+
+
+@pytest.fixture(scope="session")
+def motion_module_dir(realhost_root) -> Path:
+    """A random v3-family motion module at the tiny UNet's widths (32, 64, 128, 128), and its
+    identity twin (proj_out zeroed), the control for "the motion module acts on the frames"."""
+    return make_motion_modules(realhost_root)
 
 
 MOTION_LORA_RANK = 4
@@ -263,6 +275,28 @@ def controlnet_source() -> tuple[Path | None, str]:
     return folder, ""
 
 
+def prepare_controlnet(data: Path, checkpoint: Path, source: Path) -> None:
+    """A data dir made ready for ControlNet: ``source`` linked into extensions/, the probe
+    (cn_probe_extension), a random ControlNet for ``checkpoint``'s UNet in models/ControlNet and
+    an empty media/ folder. (Also used by benchmarks/bench_controlnet.py.)"""
+    from make_assets import build_controlnet
+
+    (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
+    shutil.copytree(HERE / "cn_probe_extension", data / "extensions" / "zz-realhost-cn-probe")
+    models = data / "models" / "ControlNet"
+    models.mkdir(parents=True)
+    build_controlnet(str(checkpoint), str(models / f"{CN_MODEL_STEM}.safetensors"))
+    (data / "media").mkdir()
+
+
+def controlnet_model_name(server) -> str:
+    """The random ControlNet's name as the running server's ControlNet lists it."""
+    names = server.get("/controlnet/model_list").json()["model_list"]
+    matches = [n for n in names if n.startswith(CN_MODEL_STEM)]
+    assert len(matches) == 1, f"ControlNet lists {names}; expected one {CN_MODEL_STEM} [hash]"
+    return matches[0]
+
+
 @pytest.fixture(scope="module")
 def cn_server(request, realhost_root):
     """API-only server with sd-webui-controlnet linked into its private extensions/, the ControlNet
@@ -277,25 +311,17 @@ def cn_server(request, realhost_root):
         pytest.skip(reason)
     checkpoint = request.getfixturevalue("checkpoint")  # built only when the tests can run
     motion_module_dir = request.getfixturevalue("motion_module_dir")
-    from make_assets import build_controlnet
-
-    def prepare(data: Path) -> None:
-        (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
-        shutil.copytree(HERE / "cn_probe_extension", data / "extensions" / "zz-realhost-cn-probe")
-        models = data / "models" / "ControlNet"
-        models.mkdir(parents=True)
-        build_controlnet(str(checkpoint), str(models / f"{CN_MODEL_STEM}.safetensors"))
-        (data / "media").mkdir()
-
     server = start_server(
-        realhost_root, "data-cn", checkpoint, motion_module_dir, api_only=True, prepare=prepare
+        realhost_root,
+        "data-cn",
+        checkpoint,
+        motion_module_dir,
+        api_only=True,
+        prepare=lambda data: prepare_controlnet(data, checkpoint, source),
     )
     try:
         server.media = server.data_dir / "media"
-        names = server.get("/controlnet/model_list").json()["model_list"]
-        matches = [n for n in names if n.startswith(CN_MODEL_STEM)]
-        assert len(matches) == 1, f"ControlNet lists {names}; expected one {CN_MODEL_STEM} [hash]"
-        server.cn_model = matches[0]
+        server.cn_model = controlnet_model_name(server)
         body = server.generate("/sdapi/v1/txt2img", PLAIN)
         server.fresh_plain = [decode_image(b) for b in body["images"]]
         yield server
@@ -308,3 +334,27 @@ def artifacts_dir() -> Path:
     path = REPO / "artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def cn_ui_server(request, realhost_root):
+    """Full server with the gradio UI and sd-webui-controlnet linked into its private extensions/
+    (no ControlNet model: for the paths ControlNet takes over without a unit, e.g. its hijack of
+    the img2img Batch tab); skipped with the reason when the checkout has no ControlNet."""
+    source, reason = controlnet_source()
+    if source is None:
+        print(f"\nskipping the ControlNet UI tests: {reason}")
+        pytest.skip(reason)
+    checkpoint = request.getfixturevalue("checkpoint")
+    motion_module_dir = request.getfixturevalue("motion_module_dir")
+
+    def prepare(data: Path) -> None:
+        (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
+
+    server = start_server(
+        realhost_root, "data-cn-ui", checkpoint, motion_module_dir, api_only=False, prepare=prepare
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

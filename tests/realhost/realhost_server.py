@@ -142,6 +142,12 @@ class WebUIServer:
                 raise RuntimeError(
                     f"WebUI exited with {self.proc.returncode} while starting:\n{self.log_tail()}"
                 )
+            if not self.api_only and "Startup time:" not in self.log_since(0):
+                # With the UI, the WebUI adds its API's middleware only after gradio's server is up;
+                # a request in between starts the app, and the WebUI then dies with "Cannot add
+                # middleware after an application has started". "Startup time:" comes after that.
+                time.sleep(1.0)
+                continue
             try:
                 if requests.get(self.url + "/sdapi/v1/options", timeout=5).ok:
                     return

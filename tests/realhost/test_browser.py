@@ -2,7 +2,10 @@
 
 Opens the txt2img tab, opens the AnimateDiff accordion, ticks Enable, sets 8 frames, clicks
 Generate and expects an animated GIF in the gallery; then pastes that result's infotext into a
-fresh page and expects the panel restored and enabled. Screenshots go to artifacts/.
+fresh page and expects the panel restored and enabled. And the img2img Batch tab as one video: a
+folder of 8 frames in, one 8-frame GIF in the gallery, AnimateDiff's files in the Output directory,
+once without ControlNet (our wrapper of the tab's loop) and once with it (ControlNet's hijack of
+the loop calls ``scripts.animatediff_i2ibatch``). Screenshots go to artifacts/.
 Needs Debian's ``chromium`` and the ``playwright`` package (its own browser downloads are never
 used: ``executable_path`` points at the system Chromium).
 """
@@ -135,3 +138,107 @@ def test_generate_animation_then_paste_infotext(browser, ui_server, artifacts_di
     assert page.locator("#txt2img_prompt textarea").input_value() == "a photo of a cat"
     assert page.locator("#txt2img_steps input[type=number]").input_value() == "3"
     page.close()
+
+
+# --- img2img Batch tab as one video ------------------------------------------------------------------
+
+BATCH_FRAMES = 8
+I2I_PANEL = PANEL.replace("txt2img", "img2img")
+
+
+def square_frame(i: int, size: int = 64) -> Image.Image:
+    """Frame ``i`` of the input folder: a white 16-pixel square on black, 4 pixels further right each frame."""
+    image = Image.new("RGB", (size, size))
+    image.paste((255, 255, 255), (4 + 4 * i, 24, 20 + 4 * i, 40))
+    return image
+
+
+def files_under(folder: Path) -> set[str]:
+    return (
+        {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+    )
+
+
+@pytest.fixture(params=["plain", "controlnet"])
+def batch_server(request):
+    """plain: no ControlNet, our wrapper of ``modules.img2img.process_batch`` takes the Batch tab;
+    controlnet: sd-webui-controlnet's hijack of it calls ``scripts.animatediff_i2ibatch``."""
+    return request.param, request.getfixturevalue("ui_server" if request.param == "plain" else "cn_ui_server")
+
+
+def test_img2img_batch_tab_makes_one_video(browser, batch_server, artifacts_dir):
+    """img2img → Batch → From directory, a folder of 8 PNG frames, AnimateDiff on with Number of
+    frames 0 and Context batch size 8: one generation whose gallery shows one 8-frame GIF.
+
+    What lands in the Output directory (as it happens, asserted): only AnimateDiff's folder,
+    ``<output>/AnimateDiff/<date>/<seq>-<seed>.gif`` and ``<seq>-<seed>/00000.png``…``00007.png``
+    (the default formats GIF + PNG; PNG frames are ours with *Save PNG frames into the
+    AnimateDiff folder*, the default). The WebUI itself writes nothing: no per-image files named
+    after the inputs (its Batch loop never runs) and nothing in its own outputs/ folder."""
+    kind, server = batch_server
+    if kind == "controlnet":
+        assert "ControlNet v1.1." in server.log_since(0), (
+            "sd-webui-controlnet did not load:\n" + server.log_tail()
+        )
+    media = server.data_dir / f"media-batch-{kind}"
+    source, output = media / "frames", media / "out"
+    source.mkdir(parents=True)
+    for i in range(BATCH_FRAMES):
+        square_frame(i).save(source / f"frame{i}.png")
+    webui_outputs = server.data_dir / "outputs"
+    before = files_under(webui_outputs)
+    offset = server.log_size()
+
+    page = open_page(browser, server)
+    page.click("#tabs > .tab-nav > button:has-text('img2img')")
+    page.wait_for_selector("#img2img_prompt textarea", state="visible")
+    page.fill("#img2img_prompt textarea", "a photo of a cat")
+    page.click("#mode_img2img > .tab-nav > button:has-text('Batch')")
+    page.click("#img2img_batch_source > .tab-nav > button:has-text('From directory')")
+    page.fill("#img2img_batch_input_dir textarea", str(source))
+    page.fill("#img2img_batch_output_dir textarea", str(output))
+    for field, value in (("width", "64"), ("height", "64"), ("steps", "3")):
+        set_number(page, f"#img2img_{field} input[type=number]", value)
+    page.fill("#img2img_seed input", "99")
+
+    page.click(f"{I2I_PANEL}accordion .label-wrap")
+    page.locator(f"{I2I_PANEL}enable input[type=checkbox]").check()
+    set_number(page, f"{I2I_PANEL}video_length input", "0")
+    set_number(page, f"{I2I_PANEL}batch_size input[type=number]", str(BATCH_FRAMES))
+    page.click("#img2img_generate")
+
+    gallery = page.wait_for_selector("#img2img_gallery img[src*='.gif']", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_selector("#img2img_interrupt", state="hidden", timeout=30_000)
+    page.screenshot(path=str(artifacts_dir / f"realhost-browser-batch-{kind}.png"))
+    log = server.log_since(offset)
+    shown = page.locator("#img2img_gallery img").evaluate_all("(imgs) => imgs.map(i => i.src)")
+    src = gallery.get_attribute("src")
+    data = page.request.get(src if src.startswith("http") else f"{server.url}/{src.lstrip('/')}").body()
+    (artifacts_dir / f"realhost-browser-batch-{kind}.gif").write_bytes(data)
+    infotext = page.locator("#html_info_img2img").last.inner_text()
+    page.close()
+
+    gif = Image.open(io.BytesIO(data))
+    assert gif.format == "GIF" and gif.n_frames == BATCH_FRAMES and gif.size == (64, 64), (
+        f"{kind}: gallery shows {gif.format} {gif.size} with {gif.n_frames} frames\n{log[-3000:]}"
+    )
+    assert len({s.split("?")[0] for s in shown}) == 1, (
+        f"{kind}: the gallery shows more than the video: {shown}"
+    )
+    assert f"img2img Batch tab as one video of {BATCH_FRAMES} frames" in log, log[-3000:]
+    assert f"{BATCH_FRAMES} init images (one per frame)" in log, log[-3000:]
+    assert "Will process" not in log, f"{kind}: the WebUI's own Batch loop ran:\n{log[-3000:]}"
+    assert "video_length: 8" in infotext and "batch_size: 8" in infotext, infotext
+
+    written = files_under(output)
+    videos = [name for name in written if name.endswith(".gif")]
+    assert len(videos) == 1 and videos[0].startswith("AnimateDiff/") and videos[0].endswith("-99.gif"), (
+        written
+    )
+    stem = videos[0][: -len(".gif")]
+    frames = {f"{stem}/{i:05d}.png" for i in range(BATCH_FRAMES)}
+    assert written == {videos[0], *frames}, f"{kind}: output directory holds {sorted(written)}"
+    assert Image.open(output / videos[0]).n_frames == BATCH_FRAMES
+    assert files_under(webui_outputs) == before, (
+        f"{kind}: the WebUI wrote to its own outputs/: {sorted(files_under(webui_outputs) - before)}"
+    )

@@ -10,6 +10,9 @@ records what its control model sees on every UNet call.
    is recorded, for ``hint_cond`` and ``hr_hint_cond``.
 3. Every control-model forward (one per UNet call) records the rows of ``x`` and of the hint it
    got, each hint row's fingerprint, and which rows ControlNet took as cond and uncond.
+4. Every call of ``get_control`` in ControlNet's scripts/controlnet.py (the function that runs a
+   unit's preprocessor over its input images and builds its control tensors; one call per unit
+   per job is expected) records the unit, how many images it prepared and how long it took.
 
 ``GET /realhost/cn-record`` returns the record; ``POST /realhost/cn-record/reset`` clears it.
 Nothing in the product knows about it.
@@ -22,7 +25,7 @@ import threading
 from modules import script_callbacks
 
 _lock = threading.Lock()
-_record: dict = {"loads": [], "hooks": [], "calls": [], "errors": []}
+_record: dict = {"loads": [], "hooks": [], "calls": [], "controls": [], "errors": []}
 _patched: list[str] = []
 
 
@@ -78,6 +81,9 @@ def _patch() -> None:
                 )
 
     def forward(self, *args, **kwargs):
+        import time
+
+        entry: dict = {}
         try:
             x, hint = kwargs.get("x"), kwargs.get("hint")
             outer = _current_hook[0]
@@ -94,7 +100,10 @@ def _patch() -> None:
         except Exception as error:  # never break the job being observed
             with _lock:
                 _record["errors"].append(f"forward: {type(error).__name__}: {error}")
-        return original_forward(self, *args, **kwargs)
+        start = time.perf_counter()
+        out = original_forward(self, *args, **kwargs)
+        entry["seconds"] = time.perf_counter() - start  # the control model alone, not the probe
+        return out
 
     def hook_(self, model, sd_ldm, control_params, process, *args, **kwargs):
         _current_hook[0] = self
@@ -123,6 +132,48 @@ def _patch() -> None:
     print("realhost-cn-probe: ControlNet patched", flush=True)
 
 
+def _controlnet_script_module():
+    """ControlNet's scripts/controlnet.py as the WebUI loaded it (by path, not as scripts.controlnet)."""
+    from modules import script_loading
+
+    for path, module in script_loading.loaded_scripts.items():
+        if path.replace("\\", "/").endswith("sd-webui-controlnet/scripts/controlnet.py"):
+            return module
+    return None
+
+
+def _patch_get_control() -> None:
+    module = _controlnet_script_module()
+    original = getattr(module, "get_control", None)
+    if original is None or getattr(original, "_realhost_probe", False):
+        return
+
+    def get_control(p, unit, idx, *args, **kwargs):
+        import time
+
+        start = time.perf_counter()
+        controls, hr_controls, maps = original(p, unit, idx, *args, **kwargs)
+        try:
+            with _lock:
+                _record["controls"].append(
+                    {
+                        "unit": idx,
+                        "images": len(controls),
+                        "hr_images": sum(c is not None for c in hr_controls),
+                        "animatediff_batch": bool(getattr(unit, "is_animate_diff_batch", False)),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+        except Exception as error:
+            with _lock:
+                _record["errors"].append(f"get_control: {type(error).__name__}: {error}")
+        return controls, hr_controls, maps
+
+    get_control._realhost_probe = True
+    module.get_control = get_control
+    print("realhost-cn-probe: get_control patched", flush=True)
+
+
 def _get_record() -> dict:
     with _lock:
         return {**{k: list(v) for k, v in _record.items()}, "patched": bool(_patched)}
@@ -137,9 +188,11 @@ def _reset() -> dict:
 
 def _routes(_demo, app) -> None:
     _patch()
+    _patch_get_control()
     app.add_api_route("/realhost/cn-record", _get_record, methods=["GET"])
     app.add_api_route("/realhost/cn-record/reset", _reset, methods=["POST"])
 
 
 _patch()  # ControlNet's scripts load before this one (extensions load sorted by folder name)
+_patch_get_control()
 script_callbacks.on_app_started(_routes)
