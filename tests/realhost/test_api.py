@@ -566,4 +566,6 @@ def test_live_previews_decode_a_strip_of_a_long_video(api_server):
     finally:
         api_server.post("/sdapi/v1/options", keep)
     assert previews >= 1, "no live preview was made during the job"
-    assert 0 < decodes <= 4 * (previews + 1), f"{decodes} latents decoded for {previews} previews of 64 frames"
+    assert 0 < decodes <= 4 * (previews + 1), (
+        f"{decodes} latents decoded for {previews} previews of 64 frames"
+    )

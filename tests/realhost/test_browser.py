@@ -5,7 +5,8 @@ Generate and expects an animated GIF in the gallery; then pastes that result's i
 fresh page and expects the panel restored and enabled. And the img2img Batch tab as one video: a
 folder of 8 frames in, one 8-frame GIF in the gallery, AnimateDiff's files in the Output directory,
 once without ControlNet (our wrapper of the tab's loop) and once with it (ControlNet's hijack of
-the loop calls ``scripts.animatediff_i2ibatch``). Screenshots go to artifacts/.
+the loop calls ``scripts.animatediff_i2ibatch``). And an MP4 result plays in the video player
+under the gallery. Screenshots go to artifacts/.
 Needs Debian's ``chromium`` and the ``playwright`` package (its own browser downloads are never
 used: ``executable_path`` points at the system Chromium).
 """
@@ -242,3 +243,41 @@ def test_img2img_batch_tab_makes_one_video(browser, batch_server, artifacts_dir)
     assert files_under(webui_outputs) == before, (
         f"{kind}: the WebUI wrote to its own outputs/: {sorted(files_under(webui_outputs) - before)}"
     )
+
+
+VIDEO_FRAMES, VIDEO_FPS = 8, 4
+
+
+def test_mp4_plays_under_the_gallery(browser, ui_server, artifacts_dir):
+    """Generate with MP4 and GIF: a <video> under the gallery gets the MP4 (a gallery cannot show
+    one), loads, loops, lasts frames / FPS, and links it for download; the GIF stays in the gallery."""
+    page = open_page(browser, ui_server)
+    page.fill("#txt2img_prompt textarea", "a photo of a cat")
+    for field, value in (("width", "64"), ("height", "64"), ("steps", "2")):
+        set_number(page, f"#txt2img_{field} input[type=number]", value)
+    page.click(f"{PANEL}accordion .label-wrap")
+    page.locator(f"{PANEL}enable input[type=checkbox]").check()
+    set_number(page, f"{PANEL}video_length input", str(VIDEO_FRAMES))
+    set_number(page, f"{PANEL}fps input", str(VIDEO_FPS))
+    page.locator(f"{PANEL}format label", has_text="MP4").locator("input").check()
+    page.click("#txt2img_generate")
+
+    page.wait_for_selector("#txt2img_gallery img[src*='.gif']", timeout=GENERATE_TIMEOUT_MS)
+    video = page.wait_for_selector("#animatediff_txt2img_video video[src*='.mp4']", timeout=30_000)
+    state = page.evaluate(
+        """(v) => new Promise((done) => {
+            const report = () => done({duration: v.duration, loop: v.loop, error: v.error && v.error.code});
+            if (v.readyState >= 1 || v.error) report();
+            v.addEventListener("loadedmetadata", report);
+            v.addEventListener("error", report);
+            setTimeout(report, 20000);
+        })""",
+        video,
+    )
+    page.screenshot(path=str(artifacts_dir / "realhost-browser-video.png"))
+    assert state["error"] is None, f"the browser cannot play the MP4 (media error {state['error']})"
+    assert state["loop"] and abs(state["duration"] - VIDEO_FRAMES / VIDEO_FPS) < 0.2, state
+    link = page.locator("#animatediff_txt2img_video a")
+    assert link.get_attribute("href") == video.get_attribute("src")
+    assert page.locator("#txt2img_gallery img[src*='.gif']").count() >= 1  # the GIF stays in the gallery
+    page.close()
