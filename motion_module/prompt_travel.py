@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +28,8 @@ from .params import ClosedLoop, TravelInterpolation
 
 # A conditioning: (tokens, d) for SD1.x, or SDXL's {"crossattn": (tokens, d), "vector": (adm,)}.
 Cond = torch.Tensor | Mapping[str, torch.Tensor]
+# curve(frame, steps since the previous keyframe, steps between the two keyframes) -> travel weight t
+TravelCurve = Callable[[int, int, int], float]
 
 _KEYFRAME = re.compile(r'^"?(\d+)"?\s*:(.*)$')
 _EXTRA_NETWORK = re.compile(r"<\w+:[^>]+>")  # LoRA/hypernetwork tags; the WebUI activates the first prompt's
@@ -228,12 +230,18 @@ def should_wrap(closed_loop: ClosedLoop, frames: int, context: int) -> bool:
     return ClosedLoop(closed_loop) in (ClosedLoop.R_PLUS_P, ClosedLoop.A) and frames > context
 
 
-def frame_fractions(frames: int, keyframes: Sequence[int], wrap: bool) -> list[tuple[int, int, float]]:
+def frame_fractions(
+    frames: int,
+    keyframes: Sequence[int],
+    wrap: bool,
+    curve: TravelCurve | None = None,
+) -> list[tuple[int, int, float]]:
     """Per frame ``(i, j, t)``: its conditioning is interp(key i, key j, t), indices into keyframes.
 
     ``t`` is the distance to the previous keyframe over the distance between the two keyframes,
     measured forward in time; with ``wrap`` the last keyframe travels on to the first across the
-    end of the video (and frames before the first keyframe come from the last one).
+    end of the video (and frames before the first keyframe come from the last one). A ``curve``
+    replaces that linear ``t`` on frames that travel (see ``TravelCurve``).
     """
     keys = list(keyframes)
     result = []
@@ -250,8 +258,10 @@ def frame_fractions(frames: int, keyframes: Sequence[int], wrap: bool) -> list[t
         dn = (keys[nxt] - f) % frames
         if prev == nxt or dp + dn == 0:
             result.append((prev, prev, 0.0))
-        else:
+        elif curve is None:
             result.append((prev, nxt, dp / (dp + dn)))
+        else:
+            result.append((prev, nxt, float(curve(f, dp, dp + dn))))
     return result
 
 
@@ -329,18 +339,23 @@ def interpolate_frames(
     wrap: bool = False,
     mode: TravelInterpolation = TravelInterpolation.SLERP,
     pad_rows: torch.Tensor | None = None,
+    fractions: Sequence[tuple[int, int, float]] | None = None,
 ) -> Cond:
     """Per-frame conditioning stacked on a new leading axis: (f, t, d), or a dict of stacks.
 
     ``key_conds[i]`` is the encoded prompt of ``keyframes[i]``; keyframe frames get their own
     conditioning exactly, frames in between are interpolated (see ``frame_fractions``).
+    ``fractions``, one ``(i, j, t)`` per frame (e.g. from ``travel_curves.travel_fractions``),
+    replaces the linear ``frame_fractions(frames, keyframes, wrap)``.
     """
     if len(key_conds) != len(keyframes):
         raise ValueError(f"{len(key_conds)} conditionings for {len(keyframes)} keyframes")
+    if fractions is None:
+        fractions = frame_fractions(frames, keyframes, wrap)
+    elif len(fractions) != frames:
+        raise ValueError(f"{len(fractions)} travel fractions for {frames} frames")
     conds = pad_tokens(key_conds, pad_rows)
-    per_frame = [
-        interpolate_pair(conds[i], conds[j], t, mode) for i, j, t in frame_fractions(frames, keyframes, wrap)
-    ]
+    per_frame = [interpolate_pair(conds[i], conds[j], t, mode) for i, j, t in fractions]
     if isinstance(per_frame[0], Mapping):
         return {key: torch.stack([c[key] for c in per_frame]) for key in per_frame[0]}
     return torch.stack(per_frame)  # f × (t, d) -> (f, t, d)
