@@ -75,6 +75,7 @@ class VideoTarget:
     seed: int
     info: str = ""  # infotext, written into the files
     request_id: str = ""  # appended to the file name
+    audio: str | os.PathLike | None = None  # soundtrack for MP4/WebM (see audio_mux); None: silent
 
 
 def export(
@@ -91,7 +92,14 @@ def export(
         frames, params, closed_loop=window.closed_loop, context=window.context, interpolator=interpolator
     )
     return export_video(
-        frames, params, target.outdir, target.seed, info=target.info, request_id=target.request_id, now=now
+        frames,
+        params,
+        target.outdir,
+        target.seed,
+        info=target.info,
+        request_id=target.request_id,
+        now=now,
+        audio=target.audio,
     )
 
 
@@ -186,12 +194,15 @@ def export_video(
     request_id: str = "",
     now: datetime | None = None,
     gif_dither: str = "none",
+    audio: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Write one video in every file format of ``params.formats``; never raises for a format.
 
     ``frames`` are final (see ``prepare_frames``). ``Frame`` is an API flag, not a file, and is
     ignored here. Errors (no frames, mixed sizes, unwritable folder, missing
-    encoder, writer failure) are logged once and listed in ``result.errors``.
+    encoder, writer failure) are logged once and listed in ``result.errors``. ``audio`` puts a
+    soundtrack on MP4 and WebM, cut or padded to the frames' duration; unreadable audio fails
+    those formats (listed in ``result.errors``, no file written) and leaves the others alone.
     """
     frames = [to_rgb(f) for f in frames]
     result = ExportResult(stem="", frames=frames, info=info)
@@ -210,7 +221,7 @@ def export_video(
             _fail(result, fmt.value, problem)
         return result
 
-    job = WriteJob(frames=frames, params=params, info=info, gif_dither=gif_dither)
+    job = WriteJob(frames=frames, params=params, info=info, gif_dither=gif_dither, audio=audio)
     try:
         with reserved_stem(folder, seed, request_id) as stem:
             result.stem = stem

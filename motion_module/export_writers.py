@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import struct
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin, features
 
+from motion_module.audio_mux import mux_audio
 from motion_module.params import ExportFormat, ExportParams
 
 log = logging.getLogger("animatediff")
@@ -45,6 +47,9 @@ class WriteJob:
     # none: a static area keeps exactly its colour from frame to frame; floyd-steinberg: smoother
     # gradients in each still, at the price of dither patterns that crawl when played.
     gif_dither: str = "none"
+    # A soundtrack for MP4 and WebM (path, base64 or data URL; see audio_mux), fitted to the
+    # video's length; None writes them silent, exactly as before. Other formats ignore it.
+    audio: str | os.PathLike | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -176,14 +181,32 @@ def write_mp4(job: WriteJob, path: Path) -> None:
     options = ["-crf", str(p.mp4_crf), "-movflags", "+faststart"]
     options += ["-preset", p.mp4_preset] if p.mp4_preset else []
     options += ["-tune", p.mp4_tune] if p.mp4_tune else []
-    _ffmpeg_write(job, path, "MP4", "libx264", options + ["-metadata", f"comment={job.info}"])
+    options += ["-metadata", f"comment={job.info}"]
+    _with_soundtrack(job, path, "MP4", lambda target: _ffmpeg_write(job, target, "MP4", "libx264", options))
 
 
 def write_webm(job: WriteJob, path: Path) -> None:
     """VP9 at constant quality (CRF 32); row threading keeps CPU encoding quick."""
     options = ["-crf", "32", "-b:v", "0", "-deadline", "good", "-cpu-used", "5", "-row-mt", "1"]
     metadata = ["-metadata", f"title={job.info}", "-metadata", f"comment={job.info}"]
-    _ffmpeg_write(job, path, "WEBM", "libvpx-vp9", options + metadata)
+    _with_soundtrack(
+        job, path, "WEBM", lambda target: _ffmpeg_write(job, target, "WEBM", "libvpx-vp9", options + metadata)
+    )
+
+
+def _with_soundtrack(job: WriteJob, path: Path, name: str, write_video: Callable[[Path], None]) -> None:
+    """``write_video(path)``; with ``job.audio``, write it silent beside ``path`` and mux into ``path``."""
+    if job.audio is None:
+        write_video(path)
+        return
+    silent = path.with_name(f"{path.stem}.silent{path.suffix}")
+    try:
+        write_video(silent)
+        mux_audio(silent, job.audio, path, fps=job.params.fps, frames=len(job.frames))
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"{name}: {e}") from e
+    finally:
+        silent.unlink(missing_ok=True)
 
 
 def _ffmpeg_write(job: WriteJob, path: Path, name: str, codec: str, options: list[str]) -> None:
