@@ -41,10 +41,21 @@ def probe(path) -> dict:
 
 
 def video_frame_count(path) -> int:
-    import imageio.v2 as imageio
-
-    with imageio.get_reader(str(path), format="FFMPEG") as reader:
-        return sum(1 for _ in reader)
+    """Frames ffmpeg decodes from the video stream (its final progress line)."""
+    command = [
+        ffmpeg_binary(),
+        "-hide_banner",
+        "-nostats",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-f",
+        "null",
+        "-",
+    ]
+    text = subprocess.run(command + ["-progress", "pipe:1"], capture_output=True, text=True).stdout
+    return int(re.findall(r"^frame=(\d+)", text, re.M)[-1])
 
 
 @pytest.fixture(scope="module")
