@@ -4,13 +4,14 @@ Written with numpy alone (no librosa): a Hann-window STFT, a median-filter split
 spectrogram into harmonic and percussive parts, spectral flux as the onset signal, and triangular
 mel filters for loudness.
 
-- Onsets. Sustained tones are horizontal lines in a spectrogram, hits are vertical ones; a median
-  over time keeps the first (harmonic part), a median over frequency keeps the second (percussive
-  part), and soft masks split the magnitude between them. Onsets are peaks of the spectral flux
-  (summed rises of log magnitude from one STFT frame to the next) of the percussive part
-  (``percussive``: drums, clicks), of the harmonic part (``harmonic``: new notes and chords), or
-  of the whole spectrogram (``both``: any change). A peak must be the largest within ±30 ms, stand clear of
-  the local average of the surrounding ±100 ms, and come at least ``min_gap`` after the previous.
+- Onsets. Sustained tones are horizontal lines in a spectrogram, hits are vertical ones. A median
+  over time keeps the first and is the harmonic part; where a median over frequency (which keeps
+  the second) outweighs it, the magnitude is the percussive part. Onsets are peaks of the
+  spectral flux (summed rises of log magnitude from one STFT frame to the next) of the
+  percussive part (``percussive``: drums, clicks), of the harmonic part (``harmonic``: new notes
+  and chords), or of the whole spectrogram (``both``: any change). A peak must be the largest
+  within ±30 ms, stand clear of the local average of the surrounding ±100 ms, and come at least
+  ``min_gap`` after the previous one.
 - Loudness. Video frame k is shown from k/fps to (k+1)/fps; its energy is the mel power of the
   audio played in that span (hop = sample rate / fps), reduced over mel bands by mean, max or
   median.
@@ -116,9 +117,10 @@ def onset_strength(audio: Audio, kind: str = "percussive") -> np.ndarray:
     """Spectral flux of the part ``kind`` names, one value per STFT frame (at HOP / rate seconds)."""
     magnitude = stft_magnitude(audio.samples)
     loudest = float(magnitude.max(initial=0.0))
-    if check_onset_kind(kind) != "both":
-        harmonic, percussive = split_harmonic_percussive(magnitude)
-        magnitude = percussive if kind == "percussive" else harmonic
+    if check_onset_kind(kind) == "harmonic":
+        magnitude = median_filter(magnitude, HPSS_KERNEL, axis=0)  # the harmonic part alone
+    elif kind == "percussive":
+        magnitude = split_harmonic_percussive(magnitude)[1]
     return spectral_flux(magnitude, loudest)
 
 

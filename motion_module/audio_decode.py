@@ -193,6 +193,8 @@ def load_audio(
     """
     if not isinstance(rate, int) or rate < 1000:
         raise ValueError(f"audio sample rate must be a whole number >= 1000 Hz, got {rate!r}")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"audio: seconds to decode must be > 0, got {seconds!r}")
     with audio_input(source, allowed_roots) as inp:
         limit = ["-t", f"{seconds:.6f}"] if seconds is not None else []
         command = [ffmpeg_binary(), "-hide_banner", "-nostdin", "-v", "error", *inp.ffmpeg_args(),
