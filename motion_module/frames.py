@@ -35,11 +35,15 @@ class FrameLayout:
     motion-module-window mode installs a runner that splits the frame axis into windows.
     ``strength``: how much of each motion layer's residual is added, set per job (``applying``);
     ``using`` leaves it alone, so it holds across every window and step of the job.
+    ``spatial_rows``: in motion-module-window mode the UNet sees every frame at once; its per-frame
+    (spatial) layers then run over chunks of at most this many rows, so their transient memory
+    (attention maps above all) stays that of a ``spatial_rows``-row batch (``spatial_chunks``).
     """
 
     frames: int = 0
     temporal_runner: TemporalRunner | None = None
     strength: MotionStrength = field(default_factory=MotionStrength)
+    spatial_rows: int = 0  # > 0: per-frame layers run over at most this many rows at a time
 
     def blocks(self, rows: int) -> int:
         """Number of video blocks in a call of ``rows`` rows; raises if the rows do not divide."""
@@ -62,14 +66,16 @@ class FrameLayout:
         return self.temporal_runner(fn, x, self.frames)
 
     @contextlib.contextmanager
-    def using(self, frames: int, temporal_runner: TemporalRunner | None = None) -> Iterator[FrameLayout]:
+    def using(
+        self, frames: int, temporal_runner: TemporalRunner | None = None, spatial_rows: int = 0
+    ) -> Iterator[FrameLayout]:
         """Set the layout for the duration of one UNet call and restore the previous one."""
-        saved = (self.frames, self.temporal_runner)
-        self.frames, self.temporal_runner = frames, temporal_runner
+        saved = (self.frames, self.temporal_runner, self.spatial_rows)
+        self.frames, self.temporal_runner, self.spatial_rows = frames, temporal_runner, spatial_rows
         try:
             yield self
         finally:
-            self.frames, self.temporal_runner = saved
+            self.frames, self.temporal_runner, self.spatial_rows = saved
 
     @contextlib.contextmanager
     def applying(self, strength: MotionStrength) -> Iterator[FrameLayout]:

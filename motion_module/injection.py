@@ -22,6 +22,7 @@ from .frames import FrameLayout
 from .groupnorm import across_frames_forward, unet_group_norms
 from .layers import VanillaTemporalModule
 from .model import MotionModule
+from .spatial_chunks import chunk_spatial_layers
 
 log = logging.getLogger("animatediff")
 
@@ -201,6 +202,7 @@ class Injection:
         self.model = model
         self.blocks: list[MotionBlock] = []
         self.group_norms: list[nn.GroupNorm] = []
+        self.spatial_chunks = False  # per-frame layers honour layout.spatial_rows
         self._undo: list[Callable[[], None]] = []
         self.removed = False
 
@@ -283,6 +285,9 @@ def inject(
         for norm in norms:
             injection._undo.append(_patch_forward(norm, lambda f: across_frames_forward(f, layout)))
             injection.group_norms.append(norm)
+        if not norms:  # layers are per frame: they may run over chunks of rows (spatial_chunks)
+            injection._undo.append(chunk_spatial_layers(unet, layout, (MotionBlock,)))
+            injection.spatial_chunks = True
     except BaseException:
         injection.remove()
         raise

@@ -405,6 +405,12 @@ FIELDS: tuple[Field, ...] = (
     _f("motion_scale", _float_in(0.0, 2.0), "a number 0..2", lambda p: p.motion.scale),
     _f("motion_mask", _image, "an image, a base64-encoded image, or nothing", lambda p: p.motion.mask),
     _f("motion_mask_min", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.motion.mask_min),
+    _f(
+        "window_mode",
+        _enum(WindowMode),
+        "unet or motion_module",
+        lambda p: p.window.mode,
+    ),
 )
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
 _BY_KEY = {f.key: f for f in FIELDS}
@@ -559,6 +565,7 @@ def _build(v: dict[str, Any], base: AnimateDiffParams) -> AnimateDiffParams:
             stride=v["stride"],
             overlap=v["overlap"],
             closed_loop=v["closed_loop"],
+            mode=v["window_mode"],
         ),
         export=r(
             base.export,
@@ -624,6 +631,8 @@ _INFOTEXT_FIELDS = (
 _IMG2VID_FIELDS = ("latent_power", "latent_scale", "latent_power_last", "latent_scale_last")
 _FREEINIT_FIELDS = ("freeinit_filter", "freeinit_ds", "freeinit_dt", "freeinit_iters")  # when it is on
 _MOTION_FIELDS = ("noise_type", "motion_scale", "motion_mask_min")  # when not at their defaults
+# Always written; an infotext without it was made with full-UNet windows (the predecessor's only mode).
+_MODE_FIELDS = ("window_mode",)
 # Every field an infotext can carry back into the panel.
 INFOTEXT_FIELDS = (
     *_INFOTEXT_FIELDS,
@@ -631,6 +640,7 @@ INFOTEXT_FIELDS = (
     *_IMG2VID_FIELDS,
     *_FREEINIT_FIELDS,
     *_MOTION_FIELDS,
+    *_MODE_FIELDS,
     "enable",
     "format",
 )
@@ -662,6 +672,7 @@ def infotext_value(
         items += [(key, flat[key]) for key in _FREEINIT_FIELDS]
     defaults = flatten(AnimateDiffParams())
     items += [(key, flat[key]) for key in _MOTION_FIELDS if flat[key] != defaults[key]]
+    items += [(key, flat[key]) for key in _MODE_FIELDS]
     if version:
         items.append(("version", version))
     items += [("enable", params.enable), ("format", params.export.formats)]
@@ -671,8 +682,8 @@ def infotext_value(
 def conditional_defaults() -> dict[str, str]:
     """Infotext text of the fields written only when they matter (FreeInit's settings while it is
     on, motion fields away from their defaults): pasting an infotext without them means these."""
-    flat = flatten(AnimateDiffParams())
-    return {key: _text_of(flat[key]) for key in (*_FREEINIT_FIELDS, *_MOTION_FIELDS)}
+    flat = flatten(AnimateDiffParams())  # WindowParams' own default mode is the full-UNet one
+    return {key: _text_of(flat[key]) for key in (*_FREEINIT_FIELDS, *_MOTION_FIELDS, *_MODE_FIELDS)}
 
 
 def read_infotext(value: str) -> dict[str, str]:

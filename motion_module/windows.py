@@ -226,7 +226,8 @@ class WindowedDenoiser:
     def _run_all(
         self, x: torch.Tensor, sigma: Any, cond: dict, runner: TemporalRunner | None
     ) -> torch.Tensor:
-        with self.layout.using(self.frames, runner):
+        rows = self.params.frame_budget if runner is not None else 0  # motion-module windows: bounded
+        with self.layout.using(self.frames, runner, spatial_rows=rows):
             return self.inner(x, sigma, **cond)
 
     def _count(self, out: torch.Tensor, frame_evals: int) -> torch.Tensor:

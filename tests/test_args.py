@@ -3,6 +3,7 @@ folder, paste expansion, host-model checks and the ControlNet seams."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from types import SimpleNamespace
@@ -105,7 +106,11 @@ def test_settings_become_the_parse_base():
         WindowMode.MOTION_MODULE,
     )
     assert parse_params({"fps": 4}, base=base).export.mp4_crf == 18
-    assert settings.base_params(lambda k, d: d) == AnimateDiffParams()
+    # Out of the box the panel samples in motion-module windows; the engine's own default (and an
+    # infotext without a window_mode, as the old extension wrote them) is full-UNet windows.
+    defaults = AnimateDiffParams()
+    motion_windows = dataclasses.replace(defaults.window, mode=WindowMode.MOTION_MODULE)
+    assert settings.base_params(lambda k, d: d) == dataclasses.replace(defaults, window=motion_windows)
 
 
 def test_settings_register_in_the_animatediff_section():

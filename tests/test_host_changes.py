@@ -196,6 +196,7 @@ def request():
             "overlap": 1,
             "model": "mm_sd_v15.safetensors",
             "format": ["TXT"],
+            "window_mode": "unet",  # full-UNet windows: the interrupt check runs between them
         }
     ]
 

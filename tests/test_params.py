@@ -147,6 +147,7 @@ BAD_VALUES = [
     ("motion_scale", 2.5, "0..2"),
     ("motion_mask", 5, "an image"),
     ("motion_mask_min", -0.1, "0..1"),
+    ("window_mode", "views", "unet or motion_module"),
     ("enable", "maybe", "true or false"),
     ("video_length", -1, "0..4096"),
     ("video_length", 2.5, "0..4096"),
@@ -204,8 +205,8 @@ def test_cross_field_overlap_must_be_below_context():
 def test_unknown_key_and_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="unknown argument 'video_lenght'.*video_length"):
         parse_params({"video_lenght": 16})
-    with pytest.raises(ValueError, match="at most 30"):
-        parse_params([None] * 31)
+    with pytest.raises(ValueError, match="at most 31"):
+        parse_params([None] * 32)
     with pytest.raises(ValueError, match="dict keyed by"):
         parse_params(42)  # type: ignore[arg-type]
 
@@ -260,3 +261,14 @@ def test_predecessor_infotext_parses_and_turns_the_panel_on():
 def test_bad_infotext_value_names_the_field():
     with pytest.raises(ValueError, match="closed_loop = 'Q'"):
         params_from_infotext("model: a, closed_loop: Q")
+
+
+def test_the_window_mode_is_in_every_infotext_and_an_old_one_means_full_unet_windows():
+    from motion_module.params import WindowMode
+    from scripts.animatediff_webui import args as ad_args
+
+    text = infotext_value(parse_params({"window_mode": "motion_module"}))
+    assert "window_mode: motion_module" in text
+    assert parse_params(read_infotext(text), ignore_unknown=True).window.mode is WindowMode.MOTION_MODULE
+    old = "model: mm_sd_v15_v2.ckpt, video_length: 16, fps: 8, closed_loop: R-P, batch_size: 16"
+    assert ad_args.pasted_values({"AnimateDiff": old})["window_mode"] == "unet"

@@ -445,3 +445,35 @@ def test_real_unet_modes_agree_without_temporal_effect(real_unet) -> None:
                 torch.testing.assert_close(out, full, rtol=1e-4, atol=1e-5)
         finally:
             model.load_state_dict(saved, strict=False)
+
+
+def test_real_unet_motion_module_mode_runs_spatial_layers_in_bounded_chunks(real_unet) -> None:
+    """Motion-module windows with a frame budget: every per-frame layer sees at most that many rows
+    (so its transient memory does not grow with the video), and the result equals the unchunked
+    run to float tolerance (the same per-row arithmetic, split into smaller matrix products)."""
+    unet, _, layout = real_unet
+    frames = 24
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2 * frames, 4, 8, 8, generator=gen)
+    t = torch.full((2 * frames,), 500, dtype=torch.long)
+    cond = {"c_crossattn": [torch.randn(2 * frames, 3, 64, generator=gen)]}
+    # the attention blocks inside every spatial transformer: their input rows are the frames at once
+    blocks = [m.transformer_blocks[0] for m in unet.modules() if type(m).__name__ == "SpatialTransformer"]
+    widest: list[int] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: widest.append(args[0].shape[0])) for m in blocks]
+    try:
+        outs = {}
+        with torch.no_grad():
+            for budget in (0, 8):
+                widest.clear()
+                params = WindowParams(
+                    context=8, overlap=2, frame_budget=budget, mode=WindowMode.MOTION_MODULE
+                )
+                denoiser = WindowedDenoiser(unet_call(unet), params, layout, frames, step=lambda: 1)
+                outs[budget] = (denoiser(x, t, cond=cond), max(widest))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert outs[0][1] == 2 * frames and outs[8][1] == 8  # unbounded vs the budget
+    torch.testing.assert_close(outs[8][0], outs[0][0], rtol=1e-4, atol=1e-5)
+    assert layout.spatial_rows == 0  # outside the call, layers run plainly again

@@ -58,7 +58,10 @@ STEPS: tuple[Change, ...] = (
     Change("ControlNet units take the video", ("p.script_args",)),
     Change("init images per frame", ("p.init_images",)),
     Change("SparseCtrl frame layout", ("animatediff_mm.current_layout[]",)),
-    Change("inject motion module", ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]")),
+    Change(
+        "inject motion module",
+        ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]", "unet layer.forward"),
+    ),
     Change("beta schedule", ("sd_model.alphas_cumprod", "sd_model.alphas_cumprod_original")),
     Change(
         "Lora layer names",
@@ -226,7 +229,8 @@ def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> Non
 
 
 def inject(session: PatchSession, unet: Any, loaded: Any, layout: Any, base: str) -> Any:
-    """Motion blocks into the UNet's blocks (and the GroupNorm variant the family needs)."""
+    """Motion blocks into the UNet's blocks, and on its other layers either the GroupNorm variant
+    the family needs or the chunked forward of motion-module-window sampling."""
     return _step(
         session,
         "inject motion module",

@@ -108,11 +108,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "animatediff_window_mode",
-        WindowMode.UNET.value,
-        "What runs in context windows",
+        WindowMode.MOTION_MODULE.value,
+        "What runs in context windows (the panel's default)",
         "radio",
         {"choices": [m.value for m in WindowMode]},
-        "unet: whole UNet per window (predecessor's behaviour); motion_module: only temporal attention",
+        "motion_module: only temporal attention, spatial layers over frame-budget chunks (faster); "
+        "unet: whole UNet per window (the old extension's behaviour)",
     ),
     Option(
         "animatediff_travel_interpolation",

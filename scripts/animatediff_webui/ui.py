@@ -19,6 +19,7 @@ from motion_module.params import (
     FreeInitFilter,
     Interp,
     NoiseType,
+    WindowMode,
     flatten,
 )
 from motion_module.video_frames import probe_video
@@ -149,6 +150,13 @@ WIDGETS: dict[str, Widget] = {
     "motion_mask": _w(
         "Image", "Motion mask", "White moves, black keeps still (down to the minimum)", type="pil"
     ),
+    "window_mode": _w(
+        "Radio",
+        "Window mode",
+        "motion_module: only the motion module's attention runs in windows (faster); unet: the whole UNet "
+        "per window (the old extension's way)",
+        choices=[m.value for m in WindowMode],
+    ),
     "motion_mask_min": _w(
         "Slider",
         "Motion in black areas",
@@ -163,7 +171,7 @@ ROWS: tuple[tuple[str, ...], ...] = (
     ("enable",),
     ("video_length", "fps", "loop_number"),
     ("batch_size", "stride", "overlap"),
-    ("closed_loop",),
+    ("closed_loop", "window_mode"),
     ("format",),
     ("interp", "interp_x"),
     ("video_source", "video_path", "mask_path"),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from motion_module.params import ClosedLoop, FreeInitFilter, Interp, NoiseType, coerce_field
+from motion_module.params import ClosedLoop, FreeInitFilter, Interp, NoiseType, WindowMode, coerce_field
 
 from . import host_changes
 from .args import XYZ_ATTR, ui_value
@@ -55,6 +55,7 @@ AXES: tuple[Axis, ...] = (
     Axis("Noise", "noise_type", str, choices=lambda: [t.value for t in NoiseType]),
     Axis("Motion scale", "motion_scale", float),
     Axis("Motion in black areas", "motion_mask_min", float),
+    Axis("Window mode", "window_mode", str, choices=lambda: [m.value for m in WindowMode]),
 )
 
 

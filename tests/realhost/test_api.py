@@ -515,7 +515,7 @@ def test_progress_names_the_window_and_only_grows(api_server):
     result: dict = {}
 
     def run():
-        job = ad_job(40, steps=3, batch_size=8, overlap=2)
+        job = ad_job(40, steps=3, batch_size=8, overlap=2, window_mode="unet")  # UNet calls per window
         result["body"] = api_server.generate("/sdapi/v1/txt2img", job)
 
     worker = threading.Thread(target=run, daemon=True)

@@ -299,7 +299,12 @@ def test_windows_get_their_frames_hints(cn_server, media):
     body = cn_server.generate(
         "/sdapi/v1/txt2img",
         v2v_job(
-            cn_server, steps=steps, video_source=str(media["clip40"]), video_length=0, batch_size=CONTEXT
+            cn_server,
+            steps=steps,
+            video_source=str(media["clip40"]),
+            video_length=0,
+            batch_size=CONTEXT,
+            window_mode="unet",  # whole-UNet windows: each UNet call holds one window's frames
         ),
     )
     assert gif_of(body).n_frames == 40
@@ -374,7 +379,9 @@ def test_hires_fix_with_the_video(cn_server, media):
     """Hires fix on an 8-frame clip with context 6, so both passes run in windows: a 128×128
     video of 8 frames, and every hires call gets the hires hints of its window's frames."""
     reset_record(cn_server)
-    job = v2v_job(cn_server, video_source=str(media["clip8"]), video_length=0, batch_size=6)
+    job = v2v_job(
+        cn_server, video_source=str(media["clip8"]), video_length=0, batch_size=6, window_mode="unet"
+    )
     job.update(
         enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5
     )
