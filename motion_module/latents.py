@@ -79,7 +79,8 @@ def blend_latents(
 ) -> torch.Tensor:
     """Starting latents z_i = w_first_i·E0 + w_last_i·E1 + w_noise_i·ε_i, shape (f, c, h, w).
 
-    ``first``/``last``: one image latent, (c, h, w) or (1, c, h, w). ``noise``: (f, c, h, w), one
+    ``first``: one image latent, (c, h, w) or (1, c, h, w), or one per frame (f, c, h, w) (a camera
+    move over the init image); ``last``: one image latent. ``noise``: (f, c, h, w), one
     fresh draw per frame. ``keep_mask`` (the WebUI's inpaint ``p.mask``: 1 = keep the original)
     broadcasts as (c, h, w) for one mask or (f, c, h, w) for one per frame; where it is 1 the
     latent stays the first image, so the kept area is not noised and matches what the sampler
@@ -90,7 +91,9 @@ def blend_latents(
         raise ValueError(f"{len(weights.first)} frame weights for {frames} noise frames")
     if any(weights.last) and last is None:
         raise ValueError("weights use a last frame, but no last-frame latent was given")
-    e0 = first.reshape(1, *noise.shape[1:]).to(noise.device, torch.float32)
+    e0 = first.reshape(-1, *noise.shape[1:]).to(noise.device, torch.float32)
+    if e0.shape[0] not in (1, frames):
+        raise ValueError(f"{e0.shape[0]} first-image latents for {frames} frames; give one or one per frame")
 
     def column(values: tuple[float, ...]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=noise.device).view(frames, 1, 1, 1)

@@ -67,6 +67,30 @@ class NoiseType(str, Enum):
     REPEATED_CONTEXT = "repeated_context"  # each block an exact copy of the first block
 
 
+class TravelCurve(str, Enum):
+    """How the prompt travels between two keyframes."""
+
+    LINEAR = "linear"
+    SINE = "sine"  # normalised sum of sin²(π·f·t) over the frequencies in travel_curve_args
+    CURVE = "curve"  # a keyframe string over the video's frames, values 0-1
+    AUDIO = "audio"  # as fast as the audio's energy
+
+
+class Onsets(str, Enum):
+    """Which audio onsets the response lists as frame numbers (for keyframes on the beat)."""
+
+    OFF = "off"
+    PERCUSSIVE = "percussive"
+    HARMONIC = "harmonic"
+    BOTH = "both"
+
+
+class Border(str, Enum):
+    REPLICATE = "replicate"
+    REFLECT = "reflect"
+    ZERO = "zero"
+
+
 class FreeInitFilter(str, Enum):
     BUTTERWORTH = "butterworth"
     GAUSSIAN = "gaussian"
@@ -143,6 +167,27 @@ class MotionParams:
     mask_min: float = 0.0
 
 
+@dataclass(frozen=True)
+class ExtrasParams:
+    """Travel curves, colour matching, the soundtrack and 2D camera moves for img2vid. The
+    keyframe strings (``zoom`` ...) are Deforum's ``frame:(value)`` lists or plain numbers."""
+
+    travel_curve: TravelCurve = TravelCurve.LINEAR
+    travel_curve_args: str = ""
+    color_match: bool = False
+    audio: str = ""  # a path or base64 audio (wav, mp3, flac, ogg, m4a)
+    audio_onsets: Onsets = Onsets.OFF
+    zoom: str = "1"
+    angle: str = "0"
+    translate_x: str = "0"
+    translate_y: str = "0"
+    camera_border: Border = Border.REPLICATE
+
+    @property
+    def camera(self) -> bool:
+        return (self.zoom, self.angle, self.translate_x, self.translate_y) != ("1", "0", "0", "0")
+
+
 DEFAULT_MODEL = "mm_sd15_v3.safetensors"
 
 
@@ -164,6 +209,7 @@ class AnimateDiffParams:
     freeinit: FreeInitParams = FreeInitParams()
     noise_type: NoiseType = NoiseType.DEFAULT
     motion: MotionParams = MotionParams()
+    extras: ExtrasParams = ExtrasParams()
     request_id: str = ""
     travel_interpolation: TravelInterpolation = TravelInterpolation.SLERP
     # The keys the request set (the UI sets all); a video's own fps is used when "fps" is not one.
@@ -317,6 +363,15 @@ def _image(value: Any) -> Any:
     raise _Rejected
 
 
+def _keyframes(value: Any) -> str:
+    """A keyframe string or a plain number, as text (checked against the frames in ``_build``)."""
+    if isinstance(value, bool):
+        raise _Rejected
+    if isinstance(value, int | float):
+        return _text_of(float(value))
+    return _text(4096)(value) or "0"
+
+
 def _model(value: Any) -> str:
     if value is None:
         return ""
@@ -411,6 +466,38 @@ FIELDS: tuple[Field, ...] = (
         "unet or motion_module",
         lambda p: p.window.mode,
     ),
+    _f("travel_curve", _enum(TravelCurve), "linear, sine, curve or audio", lambda p: p.extras.travel_curve),
+    _f(
+        "travel_curve_args",
+        _text(4096),
+        "sine frequencies (1, 2) or a curve such as 0:(0), 8:(1)",
+        lambda p: p.extras.travel_curve_args,
+    ),
+    _f("color_match", _as_bool, "true or false", lambda p: p.extras.color_match),
+    _f("audio", _video, "an audio file path, base64 audio, or nothing", lambda p: p.extras.audio),
+    _f(
+        "audio_onsets",
+        _enum(Onsets),
+        "off, percussive, harmonic or both",
+        lambda p: p.extras.audio_onsets,
+    ),
+    _f("zoom", _keyframes, "a number or keyframes such as 0:(1.0), 15:(1.05)", lambda p: p.extras.zoom, True),
+    _f("angle", _keyframes, "a number or keyframes such as 0:(0), 15:(2)", lambda p: p.extras.angle, True),
+    _f(
+        "translate_x",
+        _keyframes,
+        "a number or keyframes (pixels per frame)",
+        lambda p: p.extras.translate_x,
+        True,
+    ),
+    _f(
+        "translate_y",
+        _keyframes,
+        "a number or keyframes (pixels per frame)",
+        lambda p: p.extras.translate_y,
+        True,
+    ),
+    _f("camera_border", _enum(Border), "replicate, reflect or zero", lambda p: p.extras.camera_border, True),
 )
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
 _BY_KEY = {f.key: f for f in FIELDS}
@@ -592,9 +679,46 @@ def _build(v: dict[str, Any], base: AnimateDiffParams) -> AnimateDiffParams:
         ),
         noise_type=v["noise_type"],
         motion=MotionParams(v["motion_scale"], v["motion_mask"], v["motion_mask_min"]),
+        extras=_extras(v),
         request_id=v["request_id"],
         travel_interpolation=v["travel_interpolation"],
     )
+
+
+def _extras(v: dict[str, Any]) -> ExtrasParams:
+    """The extras, with the curve and camera strings checked against the video's frames (a bad
+    string is refused with the position of the error)."""
+    from .camera_moves import camera_schedule
+    from .travel_curves import travel_curve
+
+    extras = ExtrasParams(
+        v["travel_curve"],
+        v["travel_curve_args"],
+        v["color_match"],
+        v["audio"],
+        v["audio_onsets"],
+        v["zoom"],
+        v["angle"],
+        v["translate_x"],
+        v["translate_y"],
+        v["camera_border"],
+    )
+    frames = v["video_length"] or v["batch_size"]
+    try:
+        if extras.travel_curve is not TravelCurve.AUDIO:
+            travel_curve(extras.travel_curve.value, extras.travel_curve_args, frames)
+        elif not extras.audio:
+            raise ValueError("travel_curve = 'audio' needs audio: give an audio file or base64 audio")
+        camera_schedule(frames, extras.zoom, extras.angle, extras.translate_x, extras.translate_y)
+    except ValueError as error:
+        text = str(error)
+        raise ValueError(text if text.startswith("AnimateDiff") else f"AnimateDiff: {text}") from None
+    if extras.audio_onsets is not Onsets.OFF and not extras.audio:
+        raise ValueError(
+            f"AnimateDiff: audio_onsets = {extras.audio_onsets.value!r} needs audio; give an audio file or "
+            "base64 audio, or set audio_onsets to off"
+        )
+    return extras
 
 
 def check_fits_module(params: AnimateDiffParams, pe_length: int, label: str) -> None:
@@ -630,7 +754,20 @@ _INFOTEXT_FIELDS = (
 )
 _IMG2VID_FIELDS = ("latent_power", "latent_scale", "latent_power_last", "latent_scale_last")
 _FREEINIT_FIELDS = ("freeinit_filter", "freeinit_ds", "freeinit_dt", "freeinit_iters")  # when it is on
-_MOTION_FIELDS = ("noise_type", "motion_scale", "motion_mask_min")  # when not at their defaults
+_MOTION_FIELDS = (  # when not at their defaults
+    "noise_type",
+    "motion_scale",
+    "motion_mask_min",
+    "travel_curve",
+    "travel_curve_args",
+    "color_match",
+    "audio_onsets",
+    "zoom",
+    "angle",
+    "translate_x",
+    "translate_y",
+    "camera_border",
+)
 # Always written; an infotext without it was made with full-UNet windows (the predecessor's only mode).
 _MODE_FIELDS = ("window_mode",)
 # Every field an infotext can carry back into the panel.

@@ -373,6 +373,9 @@ def test_unload_hook_closes_the_session(webui):
             api_args(model="/etc/passwd"),
             "model = '/etc/passwd' is not allowed; expected a motion-module file",
         ),
+        (api_args(audio="/nonexistent/song.wav"), "audio '/nonexistent/song.wav'"),
+        (api_args(audio_onsets="both"), "audio_onsets = 'both' needs audio"),
+        (api_args(travel_curve="curve", travel_curve_args="0:(0), 2:(x)"), "at character 10"),
         (api_args(model="broken.safetensors"), "model = 'broken.safetensors' cannot be used: "),
         (
             api_args(model="mm_sdxl_v10_beta.safetensors"),

@@ -148,6 +148,16 @@ BAD_VALUES = [
     ("motion_mask", 5, "an image"),
     ("motion_mask_min", -0.1, "0..1"),
     ("window_mode", "views", "unet or motion_module"),
+    ("travel_curve", "bounce", "linear, sine, curve or audio"),
+    ("travel_curve_args", 7, "sine frequencies"),
+    ("color_match", "sometimes", "true or false"),
+    ("audio", 5, "an audio file path"),
+    ("audio_onsets", "snare", "off, percussive, harmonic or both"),
+    ("zoom", True, "a number or keyframes"),
+    ("angle", [1], "a number or keyframes"),
+    ("translate_x", b"1", "a number or keyframes"),
+    ("translate_y", {}, "a number or keyframes"),
+    ("camera_border", "wrap", "replicate, reflect or zero"),
     ("enable", "maybe", "true or false"),
     ("video_length", -1, "0..4096"),
     ("video_length", 2.5, "0..4096"),
@@ -205,8 +215,8 @@ def test_cross_field_overlap_must_be_below_context():
 def test_unknown_key_and_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="unknown argument 'video_lenght'.*video_length"):
         parse_params({"video_lenght": 16})
-    with pytest.raises(ValueError, match="at most 31"):
-        parse_params([None] * 32)
+    with pytest.raises(ValueError, match="at most 41"):
+        parse_params([None] * 42)
     with pytest.raises(ValueError, match="dict keyed by"):
         parse_params(42)  # type: ignore[arg-type]
 

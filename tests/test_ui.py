@@ -40,7 +40,7 @@ PROBE = textwrap.dedent(
     from scripts.animatediff_webui import ui
 
     def describe(c):
-        value = None if isinstance(c, (gr.Image, gr.Video)) else c.value
+        value = None if isinstance(c, (gr.Image, gr.Video, gr.Audio)) else c.value
         return {"type": type(c).__name__, "label": c.label, "visible": c.visible, "value": value,
                 "minimum": getattr(c, "minimum", None), "maximum": getattr(c, "maximum", None),
                 "choices": [x[0] if isinstance(x, (list, tuple)) else x for x in (getattr(c, "choices", None) or [])]}
@@ -55,7 +55,7 @@ PROBE = textwrap.dedent(
                                  model_choices=lambda: models, elem_id=lambda k: f"{tab}_animatediff_{k}")
             demo.get_config_file()  # every component serialises for the browser
             builds.append([describe(c) for c in panel.components])
-        values = [c.value if not isinstance(c, (gr.Image, gr.Video)) else None for c in panel.components]
+        values = [c.value if not isinstance(c, (gr.Image, gr.Video, gr.Audio)) else None for c in panel.components]
         out[tab] = {
             "components": builds[0],
             "same_twice": builds[0] == builds[1],
@@ -171,7 +171,7 @@ def test_defaults_and_ranges_are_the_parsers(probe, tab):
     built = dict(zip(FIELD_KEYS, probe[tab]["components"], strict=True))
     defaults = {k: ad_args.ui_value(v) for k, v in flatten(AnimateDiffParams()).items()}
     for key, component in built.items():
-        if key not in ("video_source", "last_frame"):
+        if key not in ("video_source", "last_frame", "audio"):  # uploads start empty
             assert component["value"] == defaults[key] or key == "model", key
     assert built["model"]["value"] == "mm_sd15_v3.safetensors"
     assert built["model"]["choices"] == ["mm_sd15_v3.safetensors", "sub/hotshot_xl.safetensors"]

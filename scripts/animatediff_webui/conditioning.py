@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from motion_module.params import AnimateDiffParams, TravelInterpolation
+from motion_module.params import AnimateDiffParams, TravelCurve, TravelInterpolation
 from motion_module.prompt_travel import (
     TravelSchedule,
     interpolate_frames,
@@ -32,6 +32,7 @@ from motion_module.prompt_travel import (
     plan_videos,
     should_wrap,
 )
+from motion_module.travel_curves import travel_fractions
 
 from . import host_changes
 from .patch_session import PatchSession
@@ -55,6 +56,9 @@ class TravelState:
     original_negative_prompts: list[str]
     wrap: bool
     mode: TravelInterpolation
+    curve: TravelCurve = TravelCurve.LINEAR  # how the weight moves between two keyframes
+    curve_args: str = ""
+    energy: Any = None  # the audio's energy per frame, for the audio curve
     cache: dict[tuple, tuple[list[Any], Any]] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)
 
@@ -67,7 +71,9 @@ class TravelState:
         return plans[min(video, len(plans) - 1)] if plans else None
 
 
-def prepare_prompts(p: Any, session: PatchSession, params: AnimateDiffParams) -> TravelState | None:
+def prepare_prompts(
+    p: Any, session: PatchSession, params: AnimateDiffParams, energy: Any = None
+) -> TravelState | None:
     """Parse the prompts on ``p`` and, if anything travels, replace them by per-frame lists.
 
     Raises ``PromptTravelError`` (quoting the bad line) before changing anything. Returns the
@@ -95,6 +101,9 @@ def prepare_prompts(p: Any, session: PatchSession, params: AnimateDiffParams) ->
         original_negative_prompts=_per_frame(p.negative_prompt, frames * videos),
         wrap=should_wrap(window.closed_loop, frames, window.context),
         mode=params.travel_interpolation,
+        curve=params.extras.travel_curve,
+        curve_args=params.extras.travel_curve_args,
+        energy=energy,
     )
     fields = {"prompt": positive, "negative_prompt": negative}
     if getattr(p, "enable_hr", False):  # setup_prompts copies an empty hr prompt from p.prompt
@@ -210,8 +219,19 @@ def _travel(state: TravelState, key: tuple, schedule: TravelSchedule, batch: Any
         return cached[1]
     marked = all(_is_marked(k) for k in keys)
     body = [_drop_first_row(k) for k in keys] if marked else keys
+    fractions = None
+    if state.curve is not TravelCurve.LINEAR:
+        fractions = travel_fractions(
+            state.curve.value, state.curve_args, schedule.frames, schedule.keyframes, state.wrap, state.energy
+        )
     frames = interpolate_frames(
-        body, schedule.keyframes, schedule.frames, wrap=state.wrap, mode=state.mode, pad_rows=pad_rows
+        body,
+        schedule.keyframes,
+        schedule.frames,
+        wrap=state.wrap,
+        mode=state.mode,
+        pad_rows=pad_rows,
+        fractions=fractions,
     )
     if marked:  # put the ControlNet marker row back in front of every frame
         mark = _tokens(keys[0])[:1]

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from motion_module.camera_moves import camera_frames
 from motion_module.latents import blend_latents, blend_weights
-from motion_module.params import Img2VidParams
+from motion_module.params import ExtrasParams, Img2VidParams
 
 from . import host_changes
 from .patch_session import PatchSession
@@ -38,6 +39,7 @@ class StartLatents:
 
     first: torch.Tensor
     last: torch.Tensor | None
+    moved: torch.Tensor | None = None  # a camera move: the init image per frame (f, c, h, w)
 
 
 def blend_init_latent(
@@ -47,6 +49,7 @@ def blend_init_latent(
     start: StartLatents | None = None,
     last_image: Any = None,
     *,
+    camera: ExtrasParams | None = None,
     noise_fn: NoiseFn | None = None,
     encode_fn: EncodeFn | None = None,
 ) -> StartLatents | None:
@@ -65,7 +68,9 @@ def blend_init_latent(
     noise_fn = noise_fn or seeded_noise
     encode_fn = encode_fn or encode_image
     if start is None:
-        start = StartLatents(p.init_latent, None if last_image is None else encode_fn(p, last_image))
+        moved = _camera_latents(p, camera, encode_fn) if camera is not None and camera.camera else None
+        last = None if last_image is None else encode_fn(p, last_image)
+        start = StartLatents(p.init_latent, last, moved)
     first, last = start.first, start.last
     frames = first.shape[0]
     noise = noise_fn(p, tuple(first.shape[1:]))
@@ -75,10 +80,27 @@ def blend_init_latent(
         )
     weights = blend_weights(frames, params, has_last=last is not None)
     keep = _keep_mask(p, frames)
-    blended = blend_latents(first[:1], noise, weights, last=last, keep_mask=keep)
+    image_latents = start.moved if start.moved is not None else first[:1]
+    blended = blend_latents(image_latents, noise, weights, last=last, keep_mask=keep)
     host_changes.img2vid_latents(session, p, blended.to(first.device, first.dtype))
     log.debug("AnimateDiff img2vid: first-image weights %s", [round(w, 3) for w in weights.first])
     return start
+
+
+def _camera_latents(p: Any, camera: ExtrasParams, encode_fn: EncodeFn) -> torch.Tensor:
+    """The init image moved by the camera for every frame (cumulative), each VAE-encoded."""
+    frames = p.init_latent.shape[0]
+    images = camera_frames(
+        p.init_images[0],
+        frames,
+        zoom=camera.zoom,
+        angle=camera.angle,
+        translate_x=camera.translate_x,
+        translate_y=camera.translate_y,
+        border=camera.camera_border.value,
+    )
+    log.info("AnimateDiff img2vid: a camera move over %d frames", frames)
+    return torch.cat([encode_fn(p, image) for image in images])
 
 
 def _keep_mask(p: Any, frames: int) -> torch.Tensor | None:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from motion_module import spec as mm_spec
+from motion_module.audio_analysis import mel_energy, onset_frames
+from motion_module.audio_decode import load_audio
 from motion_module.frames import FrameLayout
 from motion_module.loading import LoadedMotionModule, MotionModuleCache, MotionModuleLoadError
 from motion_module.motion_strength import MotionStrength
@@ -28,9 +30,12 @@ from motion_module.params import (
     INFOTEXT_KEY,
     AnimateDiffParams,
     ExportFormat,
+    Onsets,
+    TravelCurve,
     check_fits_module,
     infotext_value,
 )
+from motion_module.travel_curves import audio_reduction
 
 from . import conditioning, controlnet, failure, host_changes, host_model, img2vid, noise, output, settings
 from .args import as_image
@@ -40,6 +45,7 @@ from .patch_session import PatchSession
 log = logging.getLogger("animatediff")
 
 JOB_ATTR = "animatediff_job"  # the Job rides on its processing object
+ONSETS_KEY = "AnimateDiff onsets"  # infotext entry: the audio's onsets as frame numbers
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VERSION = "0.1.0"
 
@@ -173,7 +179,8 @@ def prepare(p: Any, job: Job) -> None:
         )
     host_changes.subclass_processing(session, p, lambda base: _processing_class(base, job))
     host_changes.video_batch(session, p, frames, webui_saves_frames=_webui_saves_png(params))
-    job.travel = conditioning.prepare_prompts(p, session, params)
+    energy = _listen(p, job)
+    job.travel = conditioning.prepare_prompts(p, session, params, energy)
     _write_infotext(p, job)
     log.info(
         "AnimateDiff: %d frames × %d video(s), context %d, model %s",
@@ -202,6 +209,26 @@ def _route_video(p: Any, job: Job) -> AnimateDiffParams:
     if plan.fps is not None and "fps" not in params.given:
         export = dataclasses.replace(export, fps=max(1, round(plan.fps)))
     return dataclasses.replace(params, video_length=plan.frames, export=export)
+
+
+def _listen(p: Any, job: Job) -> Any:
+    """The soundtrack: read now (an unreadable file stops the job before anything runs), its
+    onsets listed as frame numbers in the infotext when asked, and its energy per frame for the
+    audio travel curve (returned; None without audio)."""
+    params = job.params
+    extras = params.extras
+    if not extras.audio:
+        return None
+    roots = settings.allowed_roots(_get(), getattr(shared(), "cmd_opts", None), _data_path())
+    fps, frames = params.export.fps, params.frames
+    audio = load_audio(extras.audio, seconds=frames / fps, allowed_roots=roots)
+    if extras.audio_onsets is not Onsets.OFF:
+        onsets = onset_frames(audio, fps, extras.audio_onsets.value, frames=frames)
+        host_changes.infotext_entry(p, ONSETS_KEY, " ".join(str(frame) for frame in onsets))
+        log.info("AnimateDiff: %s onsets at frames %s", extras.audio_onsets.value, onsets)
+    if extras.travel_curve is not TravelCurve.AUDIO:
+        return None
+    return mel_energy(audio, fps, frames, reduce=audio_reduction(extras.travel_curve_args))
 
 
 def _data_path() -> str:
@@ -329,7 +356,9 @@ def blend_start_latents(p: Any, job: Job) -> None:
     if not job.is_img2img or getattr(p, "is_i2i_batch", False) or getattr(p, "init_latent", None) is None:
         return
     last = as_image(job.params.last_frame) if job.img2vid is None else None
-    job.img2vid = img2vid.blend_init_latent(p, job.session, job.params.img2vid, job.img2vid, last_image=last)
+    job.img2vid = img2vid.blend_init_latent(
+        p, job.session, job.params.img2vid, job.img2vid, last_image=last, camera=job.params.extras
+    )
 
 
 # --- postprocess -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from motion_module.color_match import match_colors
 from motion_module.export import API_VIDEO_ORDER, ExportResult, VideoTarget, api_images, export
 from motion_module.interpolation import Interpolator, optical_flow_interpolator
 from motion_module.params import AnimateDiffParams, ExportParams, Interp
@@ -72,13 +73,21 @@ def export_processed(
         interpolator = find_film_interpolator()
     report = ExportReport()
     folder = outdir or p.outpath_samples
+    reference = _colour_reference(p) if params.extras.color_match else None
     for video in videos:
-        target = VideoTarget(folder, video.seed, video.info, params.request_id)
-        result = export(video.frames, params.export, params.window, target, interpolator=interpolator)
+        frames = match_colors(video.frames, reference) if params.extras.color_match else video.frames
+        target = VideoTarget(folder, video.seed, video.info, params.request_id, params.extras.audio or None)
+        result = export(frames, params.export, params.window, target, interpolator=interpolator)
         report.videos.append(result)
         report.errors += list(result.errors.values())
     show_results(p, processed, params.export, report, videos, for_grid=for_grid)
     return report
+
+
+def _colour_reference(p: Any) -> Any:
+    """Colour matching's reference: the init image in img2img, else each video's first frame."""
+    images = getattr(p, "init_images", None) or []
+    return images[0] if images else None
 
 
 def split_videos(processed: Any, *, frames: int) -> list[VideoFrames]:

@@ -15,10 +15,13 @@ from motion_module.params import (
     FIELD_KEYS,
     INFOTEXT_FIELDS,
     AnimateDiffParams,
+    Border,
     ClosedLoop,
     FreeInitFilter,
     Interp,
     NoiseType,
+    Onsets,
+    TravelCurve,
     WindowMode,
     flatten,
 )
@@ -157,6 +160,30 @@ WIDGETS: dict[str, Widget] = {
         "per window (the old extension's way)",
         choices=[m.value for m in WindowMode],
     ),
+    "travel_curve": _w(
+        "Radio",
+        "Travel curve",
+        "How the prompt moves between two keyframes: linear, sine (there and back), a curve, or the audio's energy",
+        choices=[c.value for c in TravelCurve],
+    ),
+    "travel_curve_args": _w(
+        "Textbox", "Curve", "sine: frequencies (1, 3) · curve: 0:(0.0), 8:(1.0) · audio: mean, max or median"
+    ),
+    "color_match": _w("Checkbox", "Match colours to the first frame", "img2img: to the init image"),
+    "audio": _w(
+        "Audio", "Soundtrack", "Muxed into MP4 and WebM, cut or padded to the video", type="filepath"
+    ),
+    "audio_onsets": _w(
+        "Radio",
+        "Onsets in the infotext",
+        "Frame numbers of the audio's beats, to put prompt keyframes on",
+        choices=[o.value for o in Onsets],
+    ),
+    "zoom": _w("Textbox", "Zoom per frame", "1.0 = still; 0:(1.0), 15:(1.05)", img2img_only=True),
+    "angle": _w("Textbox", "Angle per frame", "degrees, counter-clockwise", img2img_only=True),
+    "translate_x": _w("Textbox", "Translate X per frame", "pixels, right", img2img_only=True),
+    "translate_y": _w("Textbox", "Translate Y per frame", "pixels, down", img2img_only=True),
+    "camera_border": _w("Radio", "Camera border", img2img_only=True, choices=[b.value for b in Border]),
     "motion_mask_min": _w(
         "Slider",
         "Motion in black areas",
@@ -179,6 +206,11 @@ ROWS: tuple[tuple[str, ...], ...] = (
     ("motion_mask", "motion_mask_min"),
     ("freeinit_enable", "freeinit_filter", "freeinit_iters"),
     ("freeinit_ds", "freeinit_dt"),
+    ("travel_curve", "travel_curve_args"),
+    ("color_match",),
+    ("audio", "audio_onsets"),
+    ("zoom", "angle", "translate_x", "translate_y"),
+    ("camera_border",),
     ("latent_power", "latent_scale"),
     ("last_frame",),
     ("latent_power_last", "latent_scale_last"),
@@ -237,9 +269,10 @@ def build(
         kwargs: dict[str, Any] = dict(widget.args)
         kwargs.update(label=widget.label, elem_id=elem_id(key))
         kwargs["visible"] = not widget.hidden and (is_img2img or not widget.img2img_only)
-        if widget.help and widget.kind not in ("Video", "Image"):
+        media = widget.kind in ("Video", "Image", "Audio")
+        if widget.help and not media:
             kwargs["info"] = widget.help
-        if widget.kind not in ("Video", "Image"):
+        if not media:
             kwargs["value"] = values[key]
         if widget.kind == "Video":
             kwargs["source"] = "upload"

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from motion_module.params import ClosedLoop, FreeInitFilter, Interp, NoiseType, WindowMode, coerce_field
+from motion_module.params import (
+    ClosedLoop,
+    FreeInitFilter,
+    Interp,
+    NoiseType,
+    TravelCurve,
+    WindowMode,
+    coerce_field,
+)
 
 from . import host_changes
 from .args import XYZ_ATTR, ui_value
@@ -56,6 +64,9 @@ AXES: tuple[Axis, ...] = (
     Axis("Motion scale", "motion_scale", float),
     Axis("Motion in black areas", "motion_mask_min", float),
     Axis("Window mode", "window_mode", str, choices=lambda: [m.value for m in WindowMode]),
+    Axis("Travel curve", "travel_curve", str, choices=lambda: [c.value for c in TravelCurve]),
+    Axis("Travel curve args", "travel_curve_args", str),
+    Axis("Colour match", "color_match", str, choices=lambda: ["True", "False"]),
 )
 
 
