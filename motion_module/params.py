@@ -761,7 +761,6 @@ _MOTION_FIELDS = (  # when not at their defaults
     "travel_curve",
     "travel_curve_args",
     "color_match",
-    "audio_onsets",
     "zoom",
     "angle",
     "translate_x",

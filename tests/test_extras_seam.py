@@ -108,3 +108,14 @@ def test_a_camera_move_gives_each_frame_its_own_start_latent():
         encode_fn=encode,
     )
     assert still.moved is None  # no camera move: today's path
+
+
+def test_the_beat_button_lists_onset_frames(tmp_path):
+    from scripts.animatediff_webui import ui
+
+    wav = tmp_path / "clicks.wav"
+    write_wav(wav, click_track(seconds=2.0))  # 120 bpm: a click every 0.5 s
+    text = ui.beat_summary(str(wav), 8, "off")
+    assert text.startswith("Percussive onsets at frames: 0, 4, 8, 12")
+    assert ui.beat_summary(None, 8, "both") == "Upload a soundtrack first"
+    assert "audio" in ui.beat_summary(str(tmp_path / "missing.wav"), 8, "both")

@@ -235,6 +235,24 @@ def video_summary(
     return max(1, round(fps)), f"Video: {count} frames at {fps:.3g} fps (Number of frames 0 uses all of them)"
 
 
+def beat_summary(audio: Any, fps: Any, kind: Any) -> str:
+    """The frame numbers of the soundtrack's onsets at this FPS, for prompt keyframes on the beat
+    (percussive unless another kind is chosen)."""
+    from motion_module.audio_analysis import onset_frames
+    from motion_module.audio_decode import load_audio
+
+    if isinstance(audio, dict):
+        audio = audio.get("name") or audio.get("path")
+    if not audio:
+        return "Upload a soundtrack first"
+    kind = kind if kind in ("percussive", "harmonic", "both") else "percussive"
+    try:
+        frames = onset_frames(load_audio(str(audio)), float(fps or 8), kind)
+    except ValueError as error:
+        return f"⚠️ {error}"
+    return f"{kind.capitalize()} onsets at frames: " + (", ".join(str(f) for f in frames) or "none")
+
+
 def uploaded_video(path: Any, fps: Any, gr: Any) -> tuple[Any, Any]:
     new_fps, text = video_summary(path)
     return gr.update(value=new_fps if new_fps is not None else fps), gr.update(value=text)
@@ -296,10 +314,19 @@ def build(
                     make(key)
             if row[0] == "video_source":
                 video_info = gr.Markdown("", elem_id=elem_id("video_info"))
+            if row[0] == "audio":
+                with gr.Row():
+                    beats = button(value="\U0001f941", elem_id=elem_id("beats"))  # drum: list the onsets
+                    beat_info = gr.Markdown("", elem_id=elem_id("beat_info"))
         for key in FIELD_KEYS:
             if key not in comps:
                 make(key)
     refresh.click(fn=lambda: gr.Dropdown.update(choices=model_choices()), inputs=[], outputs=[comps["model"]])
+    beats.click(
+        fn=lambda audio, fps, kind: beat_summary(audio, fps, kind),
+        inputs=[comps["audio"], comps["fps"], comps["audio_onsets"]],
+        outputs=[beat_info],
+    )
     comps["video_source"].change(
         fn=lambda video, fps: uploaded_video(video, fps, gr),
         inputs=[comps["video_source"], comps["fps"]],

@@ -569,3 +569,69 @@ def test_live_previews_decode_a_strip_of_a_long_video(api_server):
     assert 0 < decodes <= 4 * (previews + 1), (
         f"{decodes} latents decoded for {previews} previews of 64 frames"
     )
+
+
+# --- music and camera -------------------------------------------------------------------------------
+
+
+def click_track_wav(seconds: float = 3.0, rate: int = 22050, bpm: int = 120) -> bytes:
+    """A WAV of short clicks on the beat, made with the standard library."""
+    import io
+    import wave
+
+    samples = np.zeros(int(seconds * rate), np.float32)
+    for start in np.arange(0, seconds, 60 / bpm):
+        i = int(start * rate)
+        samples[i : i + 200] = np.sin(np.arange(min(200, len(samples) - i)) * 0.5)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((samples * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def test_music_and_camera_in_one_img2img_job(api_server, tmp_path):
+    """A travel curve, colour matching, a soundtrack with its onsets and a camera move: an MP4 with
+    an audio stream of the video's length, and an infotext that gives every setting back."""
+    import base64
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from motion_module.params import parse_params, read_infotext
+
+    frames, fps = 8, 4
+    init = Image.new("RGB", (64, 64), (90, 120, 60))
+    init.paste((240, 240, 240), (24, 24, 40, 40))
+    fields = {
+        "travel_curve": "sine",
+        "travel_curve_args": "1",
+        "color_match": True,
+        "audio": base64.b64encode(click_track_wav()).decode(),
+        "audio_onsets": "percussive",
+        "zoom": "0:(1.0), 7:(1.05)",
+        "translate_x": "2",
+        "fps": fps,
+        "format": ["GIF", "MP4"],
+    }
+    job = ad_job(frames, steps=2, batch_size=frames, **fields)
+    job["prompt"] = "0: a photo of a cat\n4: a photo of a dog"
+    job.update(init_images=[encode_image(init)], denoising_strength=0.6)
+    body = api_server.generate("/sdapi/v1/img2img", job)
+    assert_video(body, frames)
+    mp4 = tmp_path / "video.mp4"
+    mp4.write_bytes(base64.b64decode(body["images"][1]))
+    probe = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(mp4)], capture_output=True, text=True
+    )
+    assert "Audio: aac" in probe.stderr, probe.stderr[-1500:]
+    assert f"Duration: 00:00:0{frames // fps}." in probe.stderr, probe.stderr[-1500:]  # 2 s: cut to the video
+    infotext = info_of(body)["infotexts"][0]
+    assert "AnimateDiff onsets: " in infotext and "0 2 4 6" in infotext  # a click every 0.5 s at 4 fps
+    entry = infotext.split('AnimateDiff: "', 1)[1].split('"', 1)[0]
+    back = parse_params({"enable": True} | read_infotext(entry), ignore_unknown=True).extras
+    assert (back.travel_curve.value, back.travel_curve_args, back.color_match) == ("sine", "1", True)
+    assert (back.zoom, back.translate_x) == ("0:(1.0), 7:(1.05)", "2")  # the audio itself is no infotext
+    assert_plain_unchanged(api_server, "an AnimateDiff job with music and a camera move")
