@@ -278,3 +278,43 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+def sd15_model_fields(unet: nn.Module, mapping: dict) -> dict:
+    """The attributes of the WebUI's SD1.5 model object a job reads and changes."""
+    from types import SimpleNamespace
+
+    alphas = torch.linspace(0.999, 0.01, 1000)
+    return dict(
+        model=SimpleNamespace(diffusion_model=unet),
+        alphas_cumprod=alphas,
+        alphas_cumprod_original=alphas,
+        is_sd1=True,
+        is_sd2=False,
+        is_sdxl=False,
+        is_sd3=False,
+        network_layer_mapping=mapping,
+        sd_checkpoint_info=SimpleNamespace(name_for_extra="tiny-sd15"),
+    )
+
+
+def install_fake_webui(monkeypatch, *, sd_model, state, model_dir, **more_modules):
+    """Small ``modules``, ``modules.shared`` and ``modules.devices`` (plus ``more_modules``, e.g.
+    ``sd_samplers_common``) in sys.modules for the test; returns the fake ``shared``."""
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    shared = types.ModuleType("modules.shared")
+    shared.opts = SimpleNamespace(data={"animatediff_model_path": str(model_dir)})
+    shared.cmd_opts = SimpleNamespace()
+    shared.sd_model, shared.state = sd_model, state
+    devices = types.ModuleType("modules.devices")
+    devices.device, devices.dtype, devices.dtype_unet = torch.device("cpu"), torch.float32, torch.float32
+    modules = types.ModuleType("modules")
+    children = {"shared": shared, "devices": devices, **more_modules}
+    for name, module in children.items():
+        setattr(modules, name, module)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", module)
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    return shared

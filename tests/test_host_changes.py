@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from factories import make_mm_state_dict, make_sd15_unet
+from factories import install_fake_webui, make_mm_state_dict, make_sd15_unet, sd15_model_fields
 from safetensors.torch import save_file
 
 from motion_module.spec import Family
@@ -147,36 +147,14 @@ def webui(monkeypatch, tmp_path, unet):
     folder = tmp_path / "models"
     folder.mkdir()
     save_file(make_mm_state_dict(Family.V1), str(folder / "mm_sd_v15.safetensors"))
-    alphas = torch.linspace(0.999, 0.01, 1000)
     sd_model = FakeModel()
-    vars(sd_model).update(
-        model=SimpleNamespace(diffusion_model=unet),
-        alphas_cumprod=alphas,
-        alphas_cumprod_original=alphas,
-        is_sd1=True,
-        is_sd2=False,
-        is_sdxl=False,
-        is_sd3=False,
-        network_layer_mapping=RecordedDict("sd_model.network_layer_mapping", {"out_0": unet.out[0]}),
-        sd_checkpoint_info=SimpleNamespace(name_for_extra="tiny-sd15"),
-    )
-    shared = types.ModuleType("modules.shared")
-    shared.opts = SimpleNamespace(data={"animatediff_model_path": str(folder)})
-    shared.cmd_opts = SimpleNamespace()
-    shared.sd_model, shared.state = sd_model, FakeState()
-    devices = types.ModuleType("modules.devices")
-    devices.device, devices.dtype, devices.dtype_unet = torch.device("cpu"), torch.float32, torch.float32
+    mapping = RecordedDict("sd_model.network_layer_mapping", {"out_0": unet.out[0]})
+    vars(sd_model).update(sd15_model_fields(unet, mapping))
     samplers = types.ModuleType("modules.sd_samplers_common")
     samplers.InterruptedException = InterruptedException
-    modules = types.ModuleType("modules")
-    modules.shared, modules.devices, modules.sd_samplers_common = shared, devices, samplers
-    for name, module in (
-        ("modules", modules),
-        ("modules.shared", shared),
-        ("modules.devices", devices),
-        ("modules.sd_samplers_common", samplers),
-    ):
-        monkeypatch.setitem(sys.modules, name, module)
+    shared = install_fake_webui(
+        monkeypatch, sd_model=sd_model, state=FakeState(), model_dir=folder, sd_samplers_common=samplers
+    )
     cached = types.SimpleNamespace(mtime=7.0)  # a network the builtin Lora extension read before
     networks = types.ModuleType("networks")
     networks.loaded_networks, networks.networks_in_memory = [cached], {"net": cached}

@@ -12,7 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from factories import make_mm_state_dict, make_sd15_unet, torch_threads, unet_inputs
+from factories import (
+    install_fake_webui,
+    make_mm_state_dict,
+    make_sd15_unet,
+    sd15_model_fields,
+    torch_threads,
+    unet_inputs,
+)
 from safetensors.torch import save_file
 
 import scripts.animatediff_webui as adapter
@@ -109,29 +116,8 @@ def unet():
 @pytest.fixture
 def webui(monkeypatch, mm_dir, unet):
     """Fake ``modules.shared`` / ``modules.devices`` in sys.modules, an SD1.5 model on the real UNet."""
-    alphas = torch.linspace(0.999, 0.01, 1000)
-    sd_model = SimpleNamespace(
-        model=SimpleNamespace(diffusion_model=unet),
-        alphas_cumprod=alphas,
-        alphas_cumprod_original=alphas,
-        is_sd1=True,
-        is_sd2=False,
-        is_sdxl=False,
-        is_sd3=False,
-        network_layer_mapping={"diffusion_model_out_0": unet.out[0]},
-        sd_checkpoint_info=SimpleNamespace(name_for_extra="tiny-sd15"),
-    )
-    shared = types.ModuleType("modules.shared")
-    shared.opts = SimpleNamespace(data={"animatediff_model_path": str(mm_dir)})
-    shared.cmd_opts = SimpleNamespace()
-    shared.sd_model = sd_model
-    shared.state = FakeState()
-    devices = types.ModuleType("modules.devices")
-    devices.device, devices.dtype, devices.dtype_unet = torch.device("cpu"), torch.float32, torch.float32
-    modules = types.ModuleType("modules")
-    modules.shared, modules.devices = shared, devices
-    for name, module in (("modules", modules), ("modules.shared", shared), ("modules.devices", devices)):
-        monkeypatch.setitem(sys.modules, name, module)
+    sd_model = SimpleNamespace(**sd15_model_fields(unet, {"diffusion_model_out_0": unet.out[0]}))
+    shared = install_fake_webui(monkeypatch, sd_model=sd_model, state=FakeState(), model_dir=mm_dir)
     seam = FakeDenoiserSeam()
     monkeypatch.setitem(sys.modules, "scripts.animatediff_webui.denoiser", seam)
     monkeypatch.setattr(adapter, "denoiser", seam, raising=False)
