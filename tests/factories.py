@@ -175,14 +175,71 @@ def to_hotshot_keys(sd: dict) -> dict:
     return out
 
 
-def make_motion_lora(widths: tuple[int, ...] = MINI_SD15, rank: int = 4, seed: int = 0) -> dict:
+def make_motion_lora(
+    widths: tuple[int, ...] = MINI_SD15, rank: int = 4, seed: int = 0, mid: bool = True
+) -> dict:
+    """An official motion LoRA (``…processor.to_q_lora.down.weight``) for every attention
+    projection of the sites of ``widths`` (v2 family: with the mid site)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for prefix, c in site_prefixes(widths, mid=True):
+    for prefix, c in site_prefixes(widths, mid=mid):
         for a in (0, 1):
             for p in ("to_q", "to_k", "to_v", "to_out"):
                 stem = f"{prefix}.temporal_transformer.transformer_blocks.0.attention_blocks.{a}.processor.{p}_lora"
                 out[f"{stem}.down.weight"] = torch.randn(rank, c, generator=gen)
+                out[f"{stem}.up.weight"] = torch.randn(c, rank, generator=gen)
+    return out
+
+
+def diffusers_lora_keys(sd: dict) -> dict:
+    """Official motion-LoRA keys → the diffusers conversion's (``unet.`` prefix, no
+    ``temporal_transformer.``, ``attention_blocks.0/1`` → ``attn1/attn2``)."""
+    out = {}
+    for key, value in sd.items():
+        key = key.replace(".temporal_transformer.", ".")
+        key = key.replace(".attention_blocks.0.", ".attn1.").replace(".attention_blocks.1.", ".attn2.")
+        out["unet." + key] = value
+    return out
+
+
+def converted_lora_keys(sd: dict) -> dict:
+    """Official motion-LoRA keys → the A1111-converted form: the layer's path with "." → "_"
+    (``to_out`` is the layer ``to_out.0``), then ``.lora_down.weight`` / ``.lora_up.weight``."""
+    out = {}
+    for key, value in sd.items():
+        stem, _, half = key.partition(".processor.")
+        projection, _, rest = half.partition("_lora.")
+        projection = "to_out.0" if projection == "to_out" else projection
+        layer = f"{stem}.{projection}".replace(".", "_")
+        out[f"{layer}.lora_{rest.split('.')[0]}.weight"] = value
+    return out
+
+
+# SD1.5 UNet attentions in diffusers names: down levels 0-2 (2 each), mid, up levels 1-3 (3 each)
+ADAPTER_ATTENTIONS = (
+    [f"down_blocks.{i}.attentions.{j}" for i in range(3) for j in range(2)]
+    + ["mid_block.attentions.0"]
+    + [f"up_blocks.{i}.attentions.{j}" for i in range(1, 4) for j in range(3)]
+)
+
+
+def make_full_v3_adapter(
+    widths: tuple[int, ...] = MINI_SD15, context_dim: int = 64, rank: int = 4, seed: int = 0
+) -> dict:
+    """The v3 domain adapter's official keys for every spatial attention of an SD1.5 UNet with
+    down widths ``widths``: attn1 and attn2, q/k/v/out; attn2's to_k/to_v read ``context_dim``."""
+    gen = torch.Generator().manual_seed(seed)
+    width = {"down": widths, "mid": widths[-1:], "up": widths[::-1]}
+    out = {}
+    for attention in ADAPTER_ATTENTIONS:
+        parts = attention.split(".")
+        kind, level = parts[0].split("_")[0], (0 if parts[0] == "mid_block" else int(parts[1]))
+        c = width[kind][level]
+        for attn in ("attn1", "attn2"):
+            for p in ("to_q", "to_k", "to_v", "to_out"):
+                c_in = context_dim if attn == "attn2" and p in ("to_k", "to_v") else c
+                stem = f"{attention}.transformer_blocks.0.{attn}.processor.{p}_lora"
+                out[f"{stem}.down.weight"] = torch.randn(rank, c_in, generator=gen)
                 out[f"{stem}.up.weight"] = torch.randn(c, rank, generator=gen)
     return out
 
