@@ -31,7 +31,7 @@ import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts, shared  # noqa: E402
 
 from scripts.animatediff_webui import args as ad_args  # noqa: E402
-from scripts.animatediff_webui import host_model, i2i_batch, lifecycle, settings, ui, xyz  # noqa: E402
+from scripts.animatediff_webui import i2i_batch, lifecycle, model_choices, settings, ui, xyz  # noqa: E402
 
 # ControlNet imports these by module name at run time (docs/host-interface.md): cache them as
 # scripts.<name> now, while the extension root is on sys.path.
@@ -92,17 +92,8 @@ class AnimateDiffScript(scripts.Script):
 
 
 def _model_choices() -> list[str]:
-    """Files in the motion-module folder that fit the checkpoint already loaded. Reads the model
-    without ``shared.sd_model``, whose getter would load a checkpoint while the UI is built."""
-    names = settings.list_models(lifecycle.model_folder())
-    try:
-        from modules import sd_models
-
-        loaded = sd_models.model_data.sd_model
-        base = host_model.base_of(loaded) if loaded is not None else None
-    except (ImportError, AttributeError, host_model.UnsupportedModelError):
-        base = None
-    return settings.models_for_base(names, base)
+    """Files in the motion-module folder that fit the checkpoint loaded (or being loaded)."""
+    return model_choices.for_checkpoint(lifecycle.model_folder())
 
 
 def _refuse_a_second_animatediff() -> None:

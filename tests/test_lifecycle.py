@@ -365,7 +365,9 @@ def test_unload_hook_closes_the_session(webui):
         (api_args(model="broken.safetensors"), "model = 'broken.safetensors' cannot be used: "),
         (
             api_args(model="mm_sdxl_v10_beta.safetensors"),
-            "SDXL motion module, but the loaded checkpoint is SD1.5",
+            "model = 'mm_sdxl_v10_beta.safetensors' (AnimateDiff SDXL beta) is made for SDXL checkpoints, "
+            "but the loaded checkpoint tiny-sd15 is SD1.5; pick a motion module made for SD1.5 (available: "
+            "broken.safetensors, mm_sd_v15.safetensors, v3_sd15_mm.safetensors)",
         ),
         (api_args(batch_size=32, video_length=40), "this motion module has only 24 position slots"),
     ],
@@ -375,9 +377,7 @@ def test_rejected_params_stop_the_job_with_the_message(webui, args, message):
     p = FakeP()
     start(p, args)
     for step in (p.setup_prompts, p.init, p.sample):
-        with pytest.raises(
-            lifecycle.AnimateDiffError, match=message.replace("(", r"\(").replace(".", r"\.")
-        ) as caught:
+        with pytest.raises(lifecycle.AnimateDiffError, match=re.escape(message)) as caught:
             step()
         assert caught.value.status_code == 422 and caught.value.detail == str(caught.value)
     assert "sample" not in p.calls

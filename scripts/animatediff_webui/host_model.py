@@ -83,6 +83,20 @@ def current(shared: Any, devices: Any) -> HostModel:
     )
 
 
+BASE_LABELS = {"sd15": "SD1.5", "sdxl": "SDXL"}
+
+
+def base_mismatch(model: str, label: str, module_base: str, host: HostModel, available: list[str]) -> str:
+    """The refusal of a motion module made for the other base model; names both sides and the
+    files that would fit."""
+    mine, theirs = BASE_LABELS[module_base], BASE_LABELS[host.base]
+    return (
+        f"AnimateDiff: model = {model!r} ({label}) is made for {mine} checkpoints, but the loaded "
+        f"checkpoint {_checkpoint_name(host.sd_model)} is {theirs}; pick a motion module made for "
+        f"{theirs} (available: {', '.join(available[:10]) or 'none in the folder'}) or load an {mine} checkpoint"
+    )
+
+
 def _checkpoint_name(sd_model: Any) -> str:
     info = getattr(sd_model, "sd_checkpoint_info", None)
     return str(

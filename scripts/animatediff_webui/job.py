@@ -40,6 +40,7 @@ from motion_module.travel_curves import audio_reduction
 from . import conditioning, controlnet, failure, host_changes, host_model, img2vid, noise, output, settings
 from .args import as_image
 from .failure import AnimateDiffError
+from .model_choices import fitting
 from .patch_session import PatchSession
 
 log = logging.getLogger("animatediff")
@@ -307,6 +308,11 @@ def open_model(p: Any, job: Job) -> None:
         raise MotionModuleLoadError(
             f"AnimateDiff: model = {params.model!r} cannot be used: {error}"
         ) from None
+    if loaded.spec.base != host.base:
+        fits = fitting(model_folder(), settings.list_models(model_folder()), host.base)
+        raise ValueError(
+            host_model.base_mismatch(params.model, loaded.spec.label, loaded.spec.base, host, fits)
+        )
     loaded.model.to(device=host.device)  # it may have been moved to the CPU after the last job
     check_fits_module(params, loaded.spec.pe_length, f"{os.path.basename(path)} ({loaded.spec.label})")
     job.loaded, job.host = loaded, host

@@ -259,6 +259,99 @@ def ui_server(realhost_root, checkpoint, motion_module_dir):
         server.stop()
 
 
+# --- SDXL ------------------------------------------------------------------------------------------
+
+SDXL_BETA = "mm_sdxl_v10_beta.safetensors"  # random SDXL beta, widths of the tiny SDXL UNet
+HOTSHOT = "hsxl_temporal_layers.safetensors"  # random HotShot-XL in HotShot's own key format
+SD15_IN_SDXL_FOLDER = "mm_sd15_v3.safetensors"  # an SD1.5 module: refused for the SDXL checkpoint
+SD15_NEUTRAL_NAME = "temporaldiff-v1-animatediff.safetensors"  # SD1.5, the name does not say so
+SDXL_MOTION_LORA = "mm_sdxl_lora_official"  # official keys for SDXL_BETA's layers
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoint(realhost_root) -> Path:
+    """Tiny random SDXL checkpoint (sgm layout) + same-named yaml, built by the WebUI's interpreter."""
+    webui = _webui_dir()
+    out = subprocess.run(
+        [_webui_python(webui), str(HERE / "make_assets.py"), "--webui", str(webui)]
+        + ["--out", str(realhost_root / "sdxl"), "--sdxl"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, f"make_assets.py --sdxl failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    path = Path(out.stdout.splitlines()[-1])
+    assert path.is_file() and path.with_suffix(".yaml").is_file(), out.stdout[-2000:]
+    return path
+
+
+@pytest.fixture(scope="session")
+def sdxl_motion_dir(realhost_root) -> Path:
+    """Random SDXL beta and HotShot-XL modules at the tiny SDXL UNet's widths (32, 64, 128), made
+    now, and two SD1.5 modules, one whose name does not say it is SD1.5."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from safetensors.torch import save_file
+
+    from tests.factories import MINI_SD15, MINI_SDXL, make_mm_state_dict, to_hotshot_keys
+
+    folder = realhost_root / "sdxl-motion-modules"
+    folder.mkdir()
+    save_file(make_mm_state_dict("sdxl_beta", widths=MINI_SDXL, std=0.05, seed=21), str(folder / SDXL_BETA))
+    hotshot = make_mm_state_dict("hotshot_xl", widths=MINI_SDXL, std=0.05, seed=22)
+    save_file(to_hotshot_keys(hotshot), str(folder / HOTSHOT))
+    save_file(make_mm_state_dict("v3", widths=MINI_SD15, seed=7), str(folder / SD15_IN_SDXL_FOLDER))
+    save_file(make_mm_state_dict("v1", widths=MINI_SD15, seed=8), str(folder / SD15_NEUTRAL_NAME))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sdxl_lora_dir(realhost_root) -> Path:
+    """An official-key motion LoRA (…processor.to_q_lora.down.weight) for the SDXL beta module."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from safetensors.torch import save_file
+
+    from tests.factories import MINI_SDXL, make_motion_lora
+
+    folder = realhost_root / "sdxl-loras"
+    folder.mkdir()
+    state = {k: v * 0.25 for k, v in make_motion_lora(MINI_SDXL, rank=4, seed=13, mid=False).items()}
+    save_file(state, str(folder / f"{SDXL_MOTION_LORA}.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(realhost_root, sdxl_checkpoint, sdxl_motion_dir, sdxl_lora_dir):
+    """API-only server on the tiny SDXL checkpoint (the test-only tiny OpenCLIP registered);
+    ``server.fresh_plain`` is the PLAIN job's images right after the start."""
+
+    def prepare(data: Path) -> None:
+        shutil.copytree(HERE / "tiny_openclip_extension", data / "extensions" / "zz-realhost-tiny-openclip")
+        # live previews load the SDXL latent approximator, which the WebUI would download; it
+        # has the SD1.5 one's layout, which the checkout ships
+        approx = data / "models" / "VAE-approx"
+        approx.mkdir(parents=True)
+        shutil.copy(_webui_dir() / "models" / "VAE-approx" / "model.pt", approx / "vaeapprox-sdxl.pt")
+
+    server = start_server(
+        realhost_root,
+        "data-sdxl",
+        sdxl_checkpoint,
+        sdxl_motion_dir,
+        api_only=True,
+        lora_dir=sdxl_lora_dir,
+        prepare=prepare,
+    )
+    try:
+        body = server.generate("/sdapi/v1/txt2img", PLAIN)
+        server.fresh_plain = [decode_image(b) for b in body["images"]]
+        yield server
+    finally:
+        server.stop()
+
+
 # --- sd-webui-controlnet ---------------------------------------------------------------------------
 
 CN_MODEL_STEM = "tiny-random-control"  # <data-dir>/models/ControlNet/<stem>.safetensors

@@ -135,6 +135,77 @@ def build_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sd15", s
     return path
 
 
+OPENCLIP_CONFIG = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "tiny_openclip_extension", "tiny-realhost-openclip.json"
+)
+OPENCLIP_ARCH = "tiny-realhost-openclip"  # registered in the server by tiny_openclip_extension
+TIME_EMBED = 32  # per size/crop number of the SDXL vector conditioning (the real one: 256)
+
+
+def sdxl_config(webui: str, text_dir: str):
+    """The SDXL base config of the checkout's generative-models, scaled down: UNet 32 channels with
+    transformer depth 1, context 64 + 64 (a 2-layer CLIP and a 2-layer OpenCLIP tower, both 64
+    wide), vector conditioning 64 pooled + 6 × 32, VAE 32 channels (four levels: factor 8)."""
+    from omegaconf import OmegaConf
+
+    repo = os.path.join(webui, "repositories", "generative-models")
+    cfg = OmegaConf.load(os.path.join(repo, "configs", "inference", "sd_xl_base.yaml"))
+    unet = cfg.model.params.network_config.params
+    unet.model_channels = 32
+    unet.num_head_channels = 16
+    unet.transformer_depth = [1, 1, 1]
+    unet.context_dim = 2 * TEXT_WIDTH
+    unet.adm_in_channels = TEXT_WIDTH + 6 * TIME_EMBED
+    unet.use_checkpoint = False
+    clip, openclip, *sizes = cfg.model.params.conditioner_config.params.emb_models
+    clip.params = {"version": text_dir, "layer": "hidden", "layer_idx": 1}  # penultimate of 2 layers
+    openclip.params.arch = OPENCLIP_ARCH
+    openclip.params.version = None
+    for size in sizes:
+        size.params.outdim = TIME_EMBED
+    vae = cfg.model.params.first_stage_config.params.ddconfig
+    vae.ch = 32
+    vae.num_res_blocks = 1
+    vae.attn_type = "vanilla"
+    return cfg
+
+
+def build_sdxl_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sdxl", seed: int = 0) -> str:
+    """A random SDXL checkpoint in the sgm layout (model.diffusion_model., conditioner.embedders.0/1.,
+    first_stage_model.) built from the scaled config by sgm itself, with its yaml beside it."""
+    sys.path.insert(0, os.path.join(webui, "repositories", "generative-models"))
+    import open_clip
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from sgm.util import instantiate_from_config
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    open_clip.add_model_config(OPENCLIP_CONFIG)
+    text_dir = os.path.join(out_dir, "clip-tiny-xl")
+    write_tokenizer(text_dir)
+    write_text_config(text_dir)
+    torch.manual_seed(seed)
+    CLIPTextModel(CLIPTextConfig.from_pretrained(text_dir)).save_pretrained(text_dir)  # sgm reads weights
+    cfg = sdxl_config(webui, text_dir)
+    model = instantiate_from_config(cfg.model)
+    randomize(model.model, seed + 1)
+    randomize(model.first_stage_model, seed + 2)
+    gen = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():  # LayerNorms at exactly 1/0 would give the emphasis code 0/0 (NaN)
+        for module in model.conditioner.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.add_(0.1 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.add_(0.1 * torch.randn(module.bias.shape, generator=gen))
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    ckpt_dir = os.path.join(out_dir, "Stable-diffusion")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, name + ".safetensors")
+    save_file(state, path)
+    OmegaConf.save(cfg, os.path.join(ckpt_dir, name + ".yaml"))
+    return path
+
+
 def build_controlnet(
     ckpt_path: str, out_path: str, seed: int = 3, hint_gain: float = 2.0, zero_gain: float = 1.0
 ) -> str:
@@ -188,7 +259,11 @@ def main() -> None:
     parser.add_argument("--webui", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--second", action="store_true", help="also a second checkpoint (other weights)")
+    parser.add_argument("--sdxl", action="store_true", help="a tiny SDXL checkpoint instead")
     args = parser.parse_args()
+    if args.sdxl:
+        print(build_sdxl_checkpoint(args.webui, args.out))
+        return
     print(build_checkpoint(args.webui, args.out))
     if args.second:
         print(build_checkpoint(args.webui, args.out, "tiny-random-sd15-b", seed=100))
