@@ -103,13 +103,16 @@ def _renamed(key: str) -> str | None:
 
 def to_layer_names(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Every LoRA tensor of the file under its converted key (``<layer name>.lora_down.weight`` /
-    ``.lora_up.weight`` / ``.alpha``). Converted keys stay as they are; non-tensor entries (the
-    official files' ``animatediff_config``) and keys of no known form are left out."""
+    ``.lora_up.weight`` / ``.alpha``). Converted keys stay as they are (a kohya-style
+    ``lora_unet_`` in front is dropped); non-tensor entries (the official files'
+    ``animatediff_config``) and keys of no known form are left out."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             continue
         name = key if _CONVERTED.match(key) else _renamed(key)
+        if name is not None and name.startswith("lora_unet_"):  # kohya-style prefix of a converted key
+            name = name[len("lora_unet_") :]
         if name is not None:
             out[name] = value
     return out

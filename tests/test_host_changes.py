@@ -158,10 +158,13 @@ def webui(monkeypatch, tmp_path, unet):
     cached = types.SimpleNamespace(mtime=7.0)  # a network the builtin Lora extension read before
     networks = types.ModuleType("networks")
     networks.loaded_networks, networks.networks_in_memory = [cached], {"net": cached}
+    networks.sd_models = SimpleNamespace(read_state_dict=lambda filename: {})  # how it reads LoRA files
     monkeypatch.setitem(sys.modules, "networks", networks)
     WRITES.clear()
     HOOK_ERRORS.clear()
-    yield SimpleNamespace(shared=shared, sd_model=sd_model, unet=unet, network=cached, outdir=tmp_path)
+    yield SimpleNamespace(
+        shared=shared, sd_model=sd_model, unet=unet, network=cached, networks=networks, outdir=tmp_path
+    )
     lifecycle.close_stale("test teardown")
 
 
@@ -243,6 +246,7 @@ class Job:
         self.objects = [self.p, webui.shared.state, webui.sd_model, self.inner, self.cfg, self.sampler]
         self.before = [own_state(o) for o in self.objects]
         self.mapping = dict(webui.sd_model.network_layer_mapping)
+        self.lora_reader = webui.networks.sd_models
         self.unet = unet_state(webui.unet)
         WRITES.clear()  # from here on, every write is the extension's
 
@@ -278,6 +282,7 @@ class Job:
                 assert after.get(attr, "absent") == before.get(attr, "absent"), f"{obj.label}.{attr}"
         assert dict(self.webui.sd_model.network_layer_mapping) == self.mapping
         assert self.webui.network.mtime == 7.0
+        assert self.webui.networks.sd_models is self.lora_reader
         assert_unet_unchanged(self.unet, self.webui.unet)
         uncatalogued = sorted({written(label, attr) for label, attr in WRITES if not catalogued(label, attr)})
         assert uncatalogued == []
@@ -336,6 +341,7 @@ def test_every_step_the_job_takes_is_in_the_catalogue(webui):
     names = step_names(webui)
     assert set(names) <= {change.name for change in host_changes.STEPS}
     assert {"inject motion module", "beta schedule", "windowed denoiser", "export phase"} <= set(names)
+    assert "Lora files read through the motion-LoRA converter" in names
 
 
 def test_a_failure_at_any_step_restores_everything(webui, monkeypatch):

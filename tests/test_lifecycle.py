@@ -13,8 +13,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from factories import (
+    MINI_SD15,
+    MINI_SDXL,
+    converted_lora_keys,
     install_fake_webui,
+    make_full_v3_adapter,
     make_mm_state_dict,
+    make_motion_lora,
     make_sd15_unet,
     sd15_model_fields,
     torch_threads,
@@ -270,6 +275,121 @@ def test_motion_lora_names_resolve_the_way_the_lora_extension_applies_them(webui
     assert torch.isfinite(out).all()
     lifecycle.postprocess(p, SimpleNamespace(images=[]))
     assert type(to_q) is layers.Linear
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+class FakeNet:
+    """A network the builtin Lora extension keeps in memory (name, file, mtime)."""
+
+    def __init__(self, filename, mtime=5.0):
+        self.network_on_disk, self.mtime = SimpleNamespace(filename=filename), mtime
+
+
+def fake_networks(monkeypatch, files):
+    """The builtin Lora extension's module: it reads files through ``sd_models.read_state_dict``."""
+    sd_models = types.ModuleType("modules.sd_models")
+    sd_models.read_state_dict = lambda filename: files[filename]
+    sd_models.read_metadata_from_safetensors = "the WebUI's own"
+    networks = types.ModuleType("networks")
+    networks.sd_models = sd_models
+    networks.loaded_networks, networks.networks_in_memory = [], {}
+    monkeypatch.setitem(sys.modules, "networks", networks)
+    return networks, sd_models
+
+
+def test_official_motion_lora_files_reach_the_lora_extension_by_layer_name(webui, monkeypatch):
+    """During the job the Lora extension reads an official-key motion LoRA under the names the
+    motion layers are registered by, each half with the shape of its layer; another LoRA passes
+    through as it was read; after the job it reads files itself again, and the networks it read
+    through the converter are out of date (read again next time)."""
+    official = make_motion_lora(MINI_SD15, rank=2, seed=3, mid=False)
+    kohya = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(2, 32)}
+    files = {"/loras/v2_lora_PanLeft.ckpt": official, "/loras/style.safetensors": kohya}
+    networks, sd_models = fake_networks(monkeypatch, files)
+    p = FakeP()
+    start(p, api_args())
+    job = lifecycle.job_of(p)
+    reader = networks.sd_models
+    assert reader is not sd_models and reader.read_metadata_from_safetensors == "the WebUI's own"
+    converted = reader.read_state_dict("/loras/v2_lora_PanLeft.ckpt")
+    assert len(converted) == len(official) == 20 * 8 * 2
+    mapping = webui.sd_model.network_layer_mapping
+    for key, value in converted.items():
+        layer, _, half = key.partition(".")
+        weight = mapping[layer].weight
+        assert value.shape == ((weight.shape[0], 2) if half == "lora_up.weight" else (2, weight.shape[1]))
+    stem = "up_blocks.1.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.1"
+    up = official[f"{stem}.processor.to_v_lora.up.weight"]
+    name = stem.replace(".", "_") + "_to_v"
+    assert torch.equal(converted[f"{name}.lora_up.weight"], up)
+    assert mapping[name] is job.loaded.model.get_submodule(f"{stem}.to_v")
+    assert reader.read_state_dict("/loras/style.safetensors") is kohya
+    networks.networks_in_memory = {
+        "v2_lora_PanLeft": FakeNet("/loras/v2_lora_PanLeft.ckpt"),
+        "style": FakeNet("/loras/style.safetensors"),
+    }
+    assert job.error is None
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    assert networks.sd_models is sd_models
+    assert networks.networks_in_memory["v2_lora_PanLeft"].mtime == float("-inf")
+    assert networks.networks_in_memory["style"].mtime == 5.0
+    assert reader.read_state_dict("/loras/v2_lora_PanLeft.ckpt") is official  # inert if kept somewhere
+
+
+def name_unet_layers(webui, monkeypatch):
+    """Every UNet module in the mapping under ``diffusion_model_<path>``, as the WebUI's Lora
+    extension names them when it loads a model."""
+    mapping = {("diffusion_model." + n).replace(".", "_"): m for n, m in webui.unet.named_modules() if n}
+    monkeypatch.setattr(webui.sd_model, "network_layer_mapping", mapping)
+
+
+def test_the_official_v3_adapter_reaches_the_spatial_attention_layers(webui, monkeypatch):
+    adapter = make_full_v3_adapter(MINI_SD15, context_dim=64)
+    networks, _ = fake_networks(monkeypatch, {"/loras/v3_sd15_adapter.ckpt": adapter})
+    name_unet_layers(webui, monkeypatch)
+    p = FakeP()
+    start(p, api_args())
+    converted = networks.sd_models.read_state_dict("/loras/v3_sd15_adapter.ckpt")
+    assert len(converted) == len(adapter) == 16 * 8 * 2
+    mapping = webui.sd_model.network_layer_mapping
+    name = "diffusion_model_output_blocks_5_1_transformer_blocks_0_attn2_to_out_0"
+    assert mapping[name] is webui.unet.output_blocks[5][1].transformer_blocks[0].attn2.to_out[0]
+    down = adapter["up_blocks.1.attentions.2.transformer_blocks.0.attn2.processor.to_out_lora.down.weight"]
+    assert torch.equal(converted[f"{name}.lora_down.weight"], down)
+    assert lifecycle.job_of(p).error is None
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+
+
+@pytest.mark.parametrize(
+    ("lora", "message"),
+    [
+        (
+            lambda: {"nowhere_" + k: v for k, v in converted_lora_keys(make_motion_lora(MINI_SD15)).items()},
+            "LoRA file bad.safetensors: none of its 168 layers is a layer of the loaded AnimateDiff v1 "
+            "motion module",
+        ),
+        (
+            lambda: make_motion_lora(MINI_SDXL, mid=False),  # an SDXL motion LoRA: other widths
+            "LoRA file bad.safetensors does not fit the loaded AnimateDiff v1 motion module",
+        ),
+        (
+            lambda: make_full_v3_adapter(MINI_SD15, context_dim=32),  # attn2 k/v read 32, the UNet 64
+            "LoRA file bad.safetensors does not fit the loaded SD1.5 checkpoint: 32 of 128 layers",
+        ),
+    ],
+)
+def test_a_motion_lora_file_that_fits_nothing_stops_the_job_naming_it(webui, monkeypatch, lora, message):
+    networks, sd_models = fake_networks(monkeypatch, {"/loras/bad.safetensors": lora()})
+    name_unet_layers(webui, monkeypatch)
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, api_args())
+    assert networks.sd_models.read_state_dict("/loras/bad.safetensors") == {}
+    with pytest.raises(lifecycle.AnimateDiffError, match=re.escape(message)) as caught:
+        p.sample()
+    assert caught.value.status_code == 422
+    p.close()
+    assert networks.sd_models is sd_models
     assert_unchanged(before, webui.sd_model, webui.unet)
 
 

@@ -123,6 +123,13 @@ def test_peft_and_lora_down_spellings_convert_like_the_processor_form():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_kohya_style_prefix_on_converted_keys_is_dropped():
+    converted = converted_lora_keys(make_motion_lora(MINI_SD15, rank=2))
+    prefixed = {"lora_unet_" + k: v for k, v in converted.items()}
+    assert lora_form(list(prefixed)) == "converted"
+    assert to_layer_names(prefixed).keys() == converted.keys()
+
+
 def test_non_tensors_and_foreign_keys_are_left_out():
     official = make_motion_lora(MINI_SD15, rank=2)
     extra = {**official, "animatediff_config": {"lora": True}, "something.else": torch.zeros(2)}

@@ -68,6 +68,7 @@ STEPS: tuple[Change, ...] = (
         ("sd_model.network_layer_mapping[]", "linear.__class__", "linear.network_layer_name"),
     ),
     Change("Lora networks re-read", ("network.mtime",)),
+    Change("Lora files read through the motion-LoRA converter", ("networks.sd_models", "network.mtime")),
     Change("equal-length conditioning", ("conds[]",)),
     Change("windowed denoiser", ("inner_model.forward",)),
     Change("img2vid start latents", ("p.init_latent",)),
@@ -308,6 +309,61 @@ def reread_lora_networks(session: PatchSession) -> None:
             net.mtime = mtime
 
     _step(session, "Lora networks re-read", apply, undo)
+
+
+class _ConvertingReader:
+    """Stands in for the WebUI's ``sd_models`` module inside the Lora extension, which uses it
+    only to read LoRA files: ``read_state_dict`` passes what it read through ``convert``; every
+    other attribute is the module's own. Inert once ``active`` is False."""
+
+    def __init__(self, module: Any, convert: Callable[[str, Any], Any]):
+        self.module = module
+        self.convert = convert
+        self.active = True
+        self.converted: set[str] = set()
+
+    def read_state_dict(self, filename: str, *args: Any, **kwargs: Any) -> Any:
+        state_dict = self.module.read_state_dict(filename, *args, **kwargs)
+        if not self.active:
+            return state_dict
+        result = self.convert(filename, state_dict)
+        if result is not state_dict:
+            self.converted.add(filename)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+
+def lora_file_reading(session: PatchSession, convert: Callable[[str, Any], Any]) -> None:
+    """The builtin Lora extension reads each LoRA file of this job through ``convert(filename,
+    state_dict)`` (``lora_files.converter``: motion-LoRA and adapter keys renamed, a file that
+    fits nothing refused). It reads with ``sd_models.read_state_dict``, named in its own module,
+    so that one name is replaced for the job. The undo puts the module back (if another extension
+    replaced it since, ours stays in its chain, inert) and marks the networks read through the
+    converter out of date, so the WebUI reads those files itself next time."""
+    networks = sys.modules.get("networks")  # the builtin Lora extension's module
+    original = getattr(networks, "sd_models", None)
+    if original is None or not callable(getattr(original, "read_state_dict", None)):
+        return
+    reader = _ConvertingReader(original, convert)
+
+    def apply() -> None:
+        networks.sd_models = reader
+
+    def undo() -> None:
+        reader.active = False
+        if vars(networks).get("sd_models") is reader:
+            networks.sd_models = original
+        cached = [
+            *getattr(networks, "loaded_networks", []),
+            *getattr(networks, "networks_in_memory", {}).values(),
+        ]
+        for net in cached:
+            if getattr(getattr(net, "network_on_disk", None), "filename", None) in reader.converted:
+                net.mtime = float("-inf")
+
+    _step(session, "Lora files read through the motion-LoRA converter", apply, undo)
 
 
 # --- sampling --------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from motion_module.travel_curves import audio_reduction
 from . import conditioning, controlnet, failure, host_changes, host_model, img2vid, noise, output, settings
 from .args import as_image
 from .failure import AnimateDiffError
+from .lora_files import converter as lora_converter
 from .model_choices import fitting
 from .patch_session import PatchSession
 
@@ -330,6 +331,7 @@ def open_model(p: Any, job: Job) -> None:
         layers = host_model.motion_layer_names(host.unet, injected, host.dtype)
         host_changes.lora_layer_names(session, host.sd_model, layers)
     host_changes.reread_lora_networks(session)
+    host_changes.lora_file_reading(session, lora_converter(job, host.sd_model))
     host_changes.sparsectrl_layout(session, job.layout)
     host_changes.light_previews(session, shared().state)
     _write_infotext(p, job)

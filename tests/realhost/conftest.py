@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 from realhost_server import (
+    DIFFUSERS_LORA,
     MM_IDENTITY,
     MM_NAME,
     MOTION_LORA,
     NOWHERE_LORA,
+    OFFICIAL_LORA,
     PLAIN,
+    V3_ADAPTER,
     WebUIServer,
     decode_image,
 )
@@ -145,47 +148,37 @@ def motion_module_dir(realhost_root) -> Path:
     return make_motion_modules(realhost_root)
 
 
-MOTION_LORA_RANK = 4
-MOTION_LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def motion_lora_state(mm_state: dict, std: float = 0.25, seed: int = 11) -> dict:
-    """A rank-4 motion LoRA for every attention projection of a motion-module state dict, keyed
-    as A1111-converted motion LoRAs are (docs/checkpoint-layouts.md): the underscored module path, then
-    ``.lora_down.weight`` [r, in] / ``.lora_up.weight`` [out, r]; no alpha (scale 1)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, weight in sorted(mm_state.items()):
-        module, _, leaf = key.rpartition(".")
-        if leaf != "weight" or not module.endswith(MOTION_LORA_PROJECTIONS):
-            continue
-        name = module.replace(".", "_")
-        out_features, in_features = weight.shape
-        down = torch.randn(MOTION_LORA_RANK, in_features, generator=gen) * std
-        state[name + ".lora_down.weight"] = down
-        state[name + ".lora_up.weight"] = torch.randn(out_features, MOTION_LORA_RANK, generator=gen) * std
-    return state
-
-
 @pytest.fixture(scope="session")
 def motion_lora_dir(realhost_root) -> Path:
-    """Random motion LoRAs for the random v3 module: MOTION_LORA, and NOWHERE_LORA (same tensors,
-    keys that name no layer); the API server finds them in <data-dir>/models/Lora."""
+    """Random LoRAs for the random v3 module and the tiny SD1.5 UNet, in the forms users have:
+    one rank-4 motion LoRA for every attention projection under official keys
+    (OFFICIAL_LORA: ``…processor.to_q_lora.down.weight``), diffusers keys (DIFFUSERS_LORA) and
+    A1111-converted keys (MOTION_LORA: ``<underscored layer path>.lora_down.weight``), all with
+    the same numbers; NOWHERE_LORA (the converted keys with a prefix no layer has); and a v3
+    domain adapter under its official keys (V3_ADAPTER). No alpha entries: scale 1. The API
+    server finds them in <data-dir>/models/Lora."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from safetensors.torch import save_file
 
-    from tests.factories import MINI_SD15, make_mm_state_dict
+    from tests.factories import (
+        MINI_SD15,
+        converted_lora_keys,
+        diffusers_lora_keys,
+        make_full_v3_adapter,
+        make_motion_lora,
+    )
 
     folder = realhost_root / "motion-loras"
     folder.mkdir()
-    mm_state = make_mm_state_dict("v3", widths=MINI_SD15, std=0.05, seed=7)
-    state = motion_lora_state(mm_state)
-    save_file(state, str(folder / f"{MOTION_LORA}.safetensors"))
-    nowhere = {"nowhere_" + k: v for k, v in state.items()}
-    save_file(nowhere, str(folder / f"{NOWHERE_LORA}.safetensors"))
+    official = {k: v * 0.25 for k, v in make_motion_lora(MINI_SD15, rank=4, seed=11, mid=False).items()}
+    converted = converted_lora_keys(official)
+    save_file(official, str(folder / f"{OFFICIAL_LORA}.safetensors"))
+    save_file(diffusers_lora_keys(official), str(folder / f"{DIFFUSERS_LORA}.safetensors"))
+    save_file(converted, str(folder / f"{MOTION_LORA}.safetensors"))
+    save_file({"nowhere_" + k: v for k, v in converted.items()}, str(folder / f"{NOWHERE_LORA}.safetensors"))
+    adapter = make_full_v3_adapter(MINI_SD15, context_dim=64, rank=4, seed=12)
+    save_file({k: v * 0.25 for k, v in adapter.items()}, str(folder / f"{V3_ADAPTER}.safetensors"))
     return folder
 
 

@@ -26,7 +26,10 @@ MM_NAME = "mm_sd15_v3.safetensors"  # the predecessor's default model name: its 
 MM_IDENTITY = "mm_sd15_v3_identity.safetensors"  # same, proj_out zeroed: every site is the identity
 # Random motion LoRAs for MM_NAME's layout, in <data-dir>/models/Lora (used as <lora:NAME:w>):
 MOTION_LORA = "mm_lora_random"  # A1111-converted keys: <underscored site path>.lora_{down,up}.weight
+OFFICIAL_LORA = "v2_lora_random"  # the same numbers under official keys (…processor.to_q_lora.down.weight)
+DIFFUSERS_LORA = "mm_lora_random_diffusers"  # the same numbers under diffusers keys (unet.…attn1.…)
 NOWHERE_LORA = "mm_lora_nowhere"  # same shapes, keys that name no layer
+V3_ADAPTER = "v3_sd15_adapter_random"  # the v3 domain adapter's official keys, for the tiny UNet
 
 # A plain txt2img job: compared bit for bit before and after AnimateDiff jobs.
 PLAIN = {

@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 from realhost_server import (
+    DIFFUSERS_LORA,
     MM_IDENTITY,
     MM_NAME,
     MOTION_LORA,
     NOWHERE_LORA,
+    OFFICIAL_LORA,
     PLAIN,
     SECOND_CHECKPOINT,
+    V3_ADAPTER,
     decode_image,
     encode_image,
     info_of,
@@ -378,9 +381,9 @@ def mean_gap(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def test_motion_lora_through_builtin_lora_extension(api_server):
     """An A1111-converted motion LoRA in the prompt (``<lora:NAME:1>``) reaches every attention
     projection of the injected motion module through the WebUI's own Lora extension, also when a
-    plain job read it first (matching none of its keys then); at weight 0, or with keys that name
-    no layer, the video is the plain AnimateDiff one; so is the next job without it (the Lora
-    extension restores its backup), and the plain txt2img is untouched.
+    plain job read it first (matching none of its keys then); at weight 0 the video is the plain
+    AnimateDiff one; so is the next job without it (the Lora extension restores its backup), and
+    the plain txt2img is untouched.
 
     The tag is glued to the prompt: the WebUI strips the tag, not a ", " before it."""
     offset = api_server.log_size()
@@ -398,15 +401,55 @@ def test_motion_lora_through_builtin_lora_extension(api_server):
     assert effect > 1.0, f"<lora:{MOTION_LORA}:1> barely changes the video ({effect:.2f} levels mean)"
     at_zero, _ = lora_video(api_server, f"<lora:{MOTION_LORA}:0>")
     assert mean_gap(at_zero, plain) == 0.0, "the motion LoRA at weight 0 changed the video"
-    nowhere, loaded = lora_video(api_server, f"<lora:{NOWHERE_LORA}:1>")
-    assert loaded.get(NOWHERE_LORA, {}).get("layers") == [], loaded
-    assert mean_gap(nowhere, plain) == 0.0, "a LoRA whose keys match no layer changed the video"
     again, _ = lora_video(api_server)
     assert mean_gap(again, plain) == 0.0, "the motion LoRA stayed in the motion module after its job"
     log = api_server.log_since(offset)
     for trouble in ("Lora not found", "loading network", "unsupported type", "Traceback"):
         assert trouble not in log, f"{trouble!r} in the server log:\n{log[-3000:]}"
     assert_plain_unchanged(api_server, f"AnimateDiff jobs with the motion LoRA {MOTION_LORA}")
+
+
+def test_motion_lora_key_forms_with_the_same_numbers_make_the_same_video(api_server):
+    """Official (``…processor.to_q_lora.down.weight``), diffusers (``unet.…attn1.…``) and
+    A1111-converted files holding the same numbers: each places all 160 layers and the three
+    videos are pixel-identical; the official file at weight 0 gives the plain video, at 1 it
+    changes it."""
+    plain, _ = lora_video(api_server)
+    videos = {}
+    for name in (MOTION_LORA, OFFICIAL_LORA, DIFFUSERS_LORA):
+        videos[name], loaded = lora_video(api_server, f"<lora:{name}:1>")
+        assert len(loaded[name]["layers"]) == MOTION_LORA_LAYERS, (name, loaded)
+    assert mean_gap(videos[OFFICIAL_LORA], videos[MOTION_LORA]) == 0.0
+    assert mean_gap(videos[DIFFUSERS_LORA], videos[MOTION_LORA]) == 0.0
+    assert mean_gap(videos[OFFICIAL_LORA], plain) > 1.0
+    at_zero, _ = lora_video(api_server, f"<lora:{OFFICIAL_LORA}:0>")
+    assert mean_gap(at_zero, plain) == 0.0, "the official-key motion LoRA at weight 0 changed the video"
+    assert_plain_unchanged(api_server, "AnimateDiff jobs with official and diffusers motion LoRAs")
+
+
+def test_the_official_v3_adapter_applies_to_the_spatial_attention(api_server):
+    """The v3 domain adapter's official keys (``down_blocks.0.attentions.0.…attn1.processor.…``)
+    reach the 16 spatial transformers' q/k/v/out of attn1 and attn2 (128 layers)."""
+    plain, _ = lora_video(api_server)
+    adapted, loaded = lora_video(api_server, f"<lora:{V3_ADAPTER}:1>")
+    layers = loaded[V3_ADAPTER]["layers"]
+    assert len(layers) == 16 * 2 * 4 and all(name.startswith("diffusion_model_") for name in layers), layers
+    assert mean_gap(adapted, plain) > 1.0
+    at_zero, _ = lora_video(api_server, f"<lora:{V3_ADAPTER}:0>")
+    assert mean_gap(at_zero, plain) == 0.0
+    assert_plain_unchanged(api_server, "AnimateDiff jobs with the v3 adapter")
+
+
+def test_a_motion_lora_that_matches_no_layer_is_refused_naming_the_file(api_server):
+    """The Lora extension alone would load it with no layer and run on silently."""
+    job = ad_job(8, batch_size=8)
+    job["prompt"] += f"<lora:{NOWHERE_LORA}:1>"
+    response = api_server.post("/sdapi/v1/txt2img", job)
+    assert response.status_code == 422, f"HTTP {response.status_code}: {response.text[:2000]}"
+    assert f"LoRA file {NOWHERE_LORA}.safetensors: none of its 160 layers" in response.text, response.text
+    assert_plain_unchanged(api_server, "a refused motion LoRA")
+    video, loaded = lora_video(api_server, f"<lora:{MOTION_LORA}:1>")  # the next job is not affected
+    assert len(loaded[MOTION_LORA]["layers"]) == MOTION_LORA_LAYERS
 
 
 # --- failures must leave the WebUI as it was --------------------------------------------------------

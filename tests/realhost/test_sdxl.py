@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import HOTSHOT, SD15_IN_SDXL_FOLDER, SDXL_BETA
+from conftest import HOTSHOT, SD15_IN_SDXL_FOLDER, SDXL_BETA, SDXL_MOTION_LORA
 from PIL import Image
 from realhost_server import encode_image
-from test_api import ad_job, assert_plain_unchanged, assert_video, gif_frames, pixels
+from test_api import ad_job, assert_plain_unchanged, assert_video, frames_of, gif_frames, mean_gap, pixels
 
 pytestmark = pytest.mark.realhost
 
@@ -124,3 +124,23 @@ def test_an_error_inside_sdxl_sampling_leaves_the_webui_unchanged(sdxl_server):
     assert "realhost-fault: raising inside the UNet" in sdxl_server.log_since(offset)
     assert response.status_code != 200
     assert_plain_unchanged(sdxl_server, "an exception inside SDXL sampling")
+
+
+def test_official_key_motion_lora_on_sdxl_beta(sdxl_server):
+    """An official-key motion LoRA (``…processor.to_q_lora.down.weight``) through ``<lora:…>``:
+    every attention projection of the 15 SDXL sites takes it; weight 0 is the plain video,
+    weight 1 changes it, and the next job without it is the plain video again."""
+
+    def video(tag: str = "") -> list[np.ndarray]:
+        job = xl_job(8, batch_size=8, format=["GIF", "Frame"])
+        job["prompt"] += tag
+        return [f.astype(np.int16) for f in frames_of(sdxl_server.generate("/sdapi/v1/txt2img", job), 8)]
+
+    plain = video()
+    with_lora = video(f"<lora:{SDXL_MOTION_LORA}:1>")
+    layers = sdxl_server.get("/realhost/loaded-networks").json()[SDXL_MOTION_LORA]["layers"]
+    assert len(layers) == 15 * 2 * 4, len(layers)
+    assert mean_gap(with_lora, plain) > 1.0
+    assert mean_gap(video(f"<lora:{SDXL_MOTION_LORA}:0>"), plain) == 0.0
+    assert mean_gap(video(), plain) == 0.0
+    assert_plain_unchanged(sdxl_server, "SDXL jobs with an official-key motion LoRA")
