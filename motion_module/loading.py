@@ -148,7 +148,15 @@ def load_motion_module(
     except MotionModuleLoadError as error:
         raise MotionModuleLoadError(f"{path.name}: {error}") from error
     digest = file_hash(path)
-    log.info("loaded motion module %s [%s] as %s (%s)", path.name, digest, found.spec.label, found.variant)
+    stored = f", Linear weights stored in {storage_dtype}" if storage_dtype is not None else ""
+    log.info(
+        "loaded motion module %s [%s] as %s (%s)%s",
+        path.name,
+        digest,
+        found.spec.label,
+        found.variant,
+        stored,
+    )
     return LoadedMotionModule(model, found.spec, digest, str(path), found.variant)
 
 

@@ -237,6 +237,9 @@ def test_host_model_handles_and_forge_refusal():
     assert (fp8_host.dtype, fp8_host.storage_dtype) == (torch.float16, torch.float8_e4m3fn)
     devices.dtype_unet = torch.float16
     assert host_model.current(SimpleNamespace(sd_model=model), devices).storage_dtype is None
+    devices.fp8 = True  # the WebUI's own flag: its weights are float8, dtype_unet the working dtype
+    fp8_host = host_model.current(SimpleNamespace(sd_model=model), devices)
+    assert (fp8_host.dtype, fp8_host.storage_dtype) == (torch.float16, torch.float8_e4m3fn)
     with pytest.raises(host_model.UnsupportedModelError, match="Forge"):
         host_model.describe(SimpleNamespace(is_sd1=True, forge_objects=object()))
 

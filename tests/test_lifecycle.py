@@ -185,20 +185,58 @@ def start(p, args, is_img2img=False):
 
 
 def test_fp8_weight_storage_reaches_the_motion_module(webui, monkeypatch):
-    """With the WebUI's FP8 storage on, motion Linear weights are stored in FP8 and computed in the
-    working dtype; the job still runs and restores the UNet bit for bit."""
+    """With the WebUI's FP8 storage on (``devices.fp8``; ``dtype_unet`` stays the working dtype)
+    motion Linear weights are stored in FP8, every one of them is named for the Lora extension
+    (typed nn.Linear for the job, so its LoRA loader takes them), they compute under the autocast
+    the WebUI samples in with FP8 on a CPU, and the job restores the UNet bit for bit."""
     before = snapshot(webui.sd_model, webui.unet)
-    monkeypatch.setattr(sys.modules["modules.devices"], "dtype_unet", torch.float8_e4m3fn)
+    monkeypatch.setattr(sys.modules["modules.devices"], "fp8", True, raising=False)
     p = FakeP()
     start(p, api_args())
     job = lifecycle.job_of(p)
     assert job is not None and job.error is None
-    proj_in = job.loaded.model.site_modules()["down_blocks.0.motion_modules.0"].temporal_transformer.proj_in
-    assert proj_in.weight.dtype == torch.float8_e4m3fn
-    with job.layout.using(FRAMES):
+    linears = [m for m in job.loaded.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 20 * 12 and all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    mapping = webui.sd_model.network_layer_mapping
+    named = {id(m) for m in mapping.values()}
+    assert all(id(m) in named and type(m) is torch.nn.Linear for m in linears)
+    with job.layout.using(FRAMES), torch.autocast("cpu", dtype=torch.bfloat16):
         out = run_unet(webui.unet)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    assert all(type(m) is layers.Linear for m in linears)
+    assert_unchanged(before, webui.sd_model, webui.unet)
+
+
+def test_a_pending_fp8_reload_runs_before_the_injection(webui, monkeypatch):
+    """A request that switches FP8 storage on makes the WebUI reload the weights into the same
+    model at the first batch, walking every module: it must happen before the motion module is
+    in the UNet (then the WebUI's own call has nothing left to do), and the module follows FP8."""
+    devices = sys.modules["modules.devices"]
+    monkeypatch.setattr(devices, "fp8", False, raising=False)
+    reloads = []
+
+    def reload_model_weights():
+        reloads.append(sum(isinstance(m, MotionBlock) for m in webui.unet.modules()))
+        devices.fp8 = True
+
+    sd_models = types.ModuleType("modules.sd_models")
+    sd_models.model_data = SimpleNamespace(sd_model=webui.sd_model)
+    sd_models.check_fp8 = lambda model: True  # the override asks for FP8
+    sd_models.reload_model_weights = reload_model_weights
+    monkeypatch.setitem(sys.modules, "modules.sd_models", sd_models)
+    monkeypatch.setattr(sys.modules["modules"], "sd_models", sd_models, raising=False)
+    before = snapshot(webui.sd_model, webui.unet)
+    p = FakeP()
+    start(p, api_args())
+    job = lifecycle.job_of(p)
+    assert reloads == [0]  # once, with no motion block in the UNet yet
+    proj_out = job.loaded.model.site_modules()["up_blocks.0.motion_modules.0"].temporal_transformer.proj_out
+    assert proj_out.weight.dtype == torch.float8_e4m3fn
+    lifecycle.postprocess(p, SimpleNamespace(images=[]))
+    start(FakeP(), api_args())  # FP8 already on: nothing to reload
+    assert reloads == [0]
+    lifecycle.close_stale("test")
     assert_unchanged(before, webui.sd_model, webui.unet)
 
 

@@ -229,6 +229,23 @@ def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> Non
 # --- the model -----------------------------------------------------------------------------
 
 
+def load_pending_weights(sd_models: Any, devices: Any) -> bool:
+    """Let the WebUI reload its checkpoint's weights now if it would at the start of the first
+    batch: a request's ``override_settings`` may switch FP8 weight storage, which the WebUI
+    applies there by reloading the weights into the same model object. That reload walks every
+    module of the model, so with the motion module already injected it would cast the motion
+    module (to half, to FP8) and rename its layers for the Lora extension. Reloaded here, before
+    the injection, the WebUI's own call finds nothing to do. Nothing to undo: it is the WebUI's
+    own reload, and it reloads again when the setting goes back. True if it reloaded."""
+    model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    check = getattr(sd_models, "check_fp8", None)
+    if model is None or check is None or bool(check(model)) == bool(getattr(devices, "fp8", False)):
+        return False
+    log.info("AnimateDiff: the WebUI switches FP8 weight storage for this job; reloading its weights first")
+    sd_models.reload_model_weights()
+    return True
+
+
 def inject(session: PatchSession, unet: Any, loaded: Any, layout: Any, base: str) -> Any:
     """Motion blocks into the UNet's blocks, and on its other layers either the GroupNorm variant
     the family needs or the chunked forward of motion-module-window sampling."""

@@ -74,10 +74,14 @@ def describe(
 
 def current(shared: Any, devices: Any) -> HostModel:
     """The model the WebUI will sample with now, in the working dtype the UNet runs in. With the
-    WebUI's FP8 weight storage on, the motion module's weights are stored in FP8 too."""
+    WebUI's FP8 weight storage on (``devices.fp8``: its Linear and Conv2d weights are float8,
+    ``dtype_unet`` stays the working dtype), the motion module's Linear weights are stored in FP8
+    too."""
     dtype, storage_dtype = getattr(devices, "dtype_unet", None), None
-    if dtype is not None and dtype.itemsize == 1:  # fp8 storage: compute in the working dtype
+    if dtype is not None and dtype.itemsize == 1:  # a float8 working dtype: compute in devices.dtype
         dtype, storage_dtype = getattr(devices, "dtype", torch.float16), dtype
+    elif getattr(devices, "fp8", False) is True:
+        storage_dtype = torch.float8_e4m3fn  # what the WebUI casts its own weights to
     return describe(
         shared.sd_model, dtype=dtype, device=getattr(devices, "device", None), storage_dtype=storage_dtype
     )
@@ -107,27 +111,20 @@ def _checkpoint_name(sd_model: Any) -> str:
 # --- names the builtin Lora extension knows the motion layers by -----------------------------
 
 
-def motion_layer_names(
-    unet: torch.nn.Module, injected: Any, dtype: torch.dtype | None = None
-) -> dict[str, Any]:
+def motion_layer_names(unet: torch.nn.Module, injected: Any) -> dict[str, Any]:
     """{Lora layer name: module} for every layer of the injected motion modules.
 
     A1111-converted motion LoRAs key each layer by its motion-module path with "." → "_"
     (``down_blocks_0_motion_modules_0_…_to_q.lora_down.weight``). The Lora extension files a
     LoRA's weights under the ``network_layer_mapping`` key a file key matched and applies them to
     the layer whose ``network_layer_name`` equals that key, so both are that one name
-    (``host_changes.lora_layer_names`` sets them). Linears stored in another dtype than the
-    working one (FP8 storage) keep their casting forward and are left out.
+    (``host_changes.lora_layer_names`` sets them). Linears stored in FP8 are named too: the Lora
+    extension merges into FP8 weights as it does for the UNet's own, and while sampling they
+    compute under the WebUI's autocast like the UNet's.
     """
     ours = {id(block) for block in injected.blocks}
     layers: dict[str, Any] = {}
-    left_out = 0
     for block in [m for m in unet.modules() if id(m) in ours]:
         for inner, module in block.motion.named_modules():
-            if isinstance(module, torch.nn.Linear) and dtype is not None and module.weight.dtype != dtype:
-                left_out += 1
-                continue
             layers.setdefault(f"{block.prefix}.{inner}".rstrip(".").replace(".", "_"), module)
-    if left_out:
-        log.info("AnimateDiff: motion LoRAs skip %d motion layers stored in another dtype (FP8)", left_out)
     return layers

@@ -111,6 +111,14 @@ def _devices() -> Any:
     return devices
 
 
+def _sd_models() -> Any:
+    try:
+        from modules import sd_models
+    except ImportError:  # tests without a WebUI
+        return None
+    return sd_models
+
+
 def _get() -> settings.Getter:
     return settings.getter(shared().opts)
 
@@ -301,6 +309,7 @@ def _write_infotext(p: Any, job: Job) -> None:
 def open_model(p: Any, job: Job) -> None:
     """Load the motion module for the model loaded now, check it fits, and change the model."""
     session, params = job.session, job.params
+    host_changes.load_pending_weights(_sd_models(), _devices())
     host = host_model.current(shared(), _devices())
     path = settings.resolve_model(params.model, model_folder(), host.base)
     try:
@@ -328,7 +337,7 @@ def open_model(p: Any, job: Job) -> None:
     host_changes.beta_schedule(session, host.sd_model, mm_spec.alphas_cumprod(loaded.spec))
     log.info("AnimateDiff: beta schedule %s", loaded.spec.beta_schedule.kind)
     if isinstance(getattr(host.sd_model, "network_layer_mapping", None), dict):
-        layers = host_model.motion_layer_names(host.unet, injected, host.dtype)
+        layers = host_model.motion_layer_names(host.unet, injected)
         host_changes.lora_layer_names(session, host.sd_model, layers)
     host_changes.reread_lora_networks(session)
     host_changes.lora_file_reading(session, lora_converter(job, host.sd_model))
