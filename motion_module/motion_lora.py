@@ -2,9 +2,10 @@
 
 The Lora extension matches a file key's part before the first "." against its layer names and
 drops every key it cannot place, silently. Motion LoRAs come in three key forms and the v3 domain
-adapter in a fourth (docs/checkpoint-layouts.md, "Motion LoRAs"); this module renames the foreign
-ones to the converted form, so all forms give the same layers the same ``up @ down`` deltas, and
-tells the caller when a file fits no layer at all. Imports no WebUI module.
+adapter in a fourth (docs/checkpoint-layouts.md, "Motion LoRAs and the v3 adapter"); this module
+renames the foreign ones to the converted form, so all forms give the same layers the same
+``up @ down`` deltas, and tells the caller when a file fits no layer at all. Imports no WebUI
+module.
 
 Owns: ``MotionLoraError``, ``lora_form``, ``to_layer_names``, ``fit_to_layers``.
 """
