@@ -243,9 +243,11 @@ def api_server(realhost_root, checkpoint, motion_module_dir, motion_lora_dir):
 
 
 @pytest.fixture(scope="module")
-def ui_server(realhost_root, checkpoint, motion_module_dir):
-    """Full server with the gradio UI (no --nowebui), for the browser test."""
-    server = start_server(realhost_root, "data-ui", checkpoint, motion_module_dir, api_only=False)
+def ui_server(request, realhost_root, checkpoint, motion_module_dir):
+    """Full server with the gradio UI (no --nowebui), for the browser tests; one per test module,
+    each with its own data dir."""
+    name = f"data-ui-{request.module.__name__}"
+    server = start_server(realhost_root, name, checkpoint, motion_module_dir, api_only=False)
     try:
         yield server
     finally:
