@@ -52,17 +52,24 @@ class MotionLoraError(ValueError):
 
 
 def lora_form(keys: list[str]) -> str | None:
-    """The form of a LoRA file: "official", "diffusers", "converted" (motion LoRAs), "adapter" (v3
-    domain adapter), or None for any other file (another LoRA: not ours to touch)."""
-    motion = [m for m in map(_MOTION.match, keys) if m and _PART.match(m.group("rest"))]
-    if motion:
-        diffusers = any(m.group("attn") or m.string.startswith("unet.") for m in motion)
-        return "diffusers" if diffusers else "official"
-    if any((m := _ADAPTER.match(k)) and _PART.match(m.group("rest")) for k in keys):
+    """The form of a LoRA file's tensor keys: "official", "diffusers", "converted" (motion LoRAs),
+    "adapter" (the v3 domain adapter), or None unless every key has that one form: any other
+    file (a spatial LoRA, even one in diffusers names with attention keys among others) is not
+    ours to touch."""
+    forms = {_key_form(key) for key in keys}
+    if len(forms) != 1:
+        return None
+    return forms.pop()
+
+
+def _key_form(key: str) -> str | None:
+    match = _MOTION.match(key)
+    if match and _PART.match(match.group("rest")):
+        return "diffusers" if match.group("attn") or key.startswith("unet.") else "official"
+    match = _ADAPTER.match(key)
+    if match and _PART.match(match.group("rest")):
         return "adapter"
-    if any(_CONVERTED.match(k) for k in keys):
-        return "converted"
-    return None
+    return "converted" if _CONVERTED.match(key) else None
 
 
 def _motion_layer(match: re.Match) -> str:

@@ -81,6 +81,13 @@ def test_other_files_are_not_motion_loras():
     assert lora_form(list(kohya)) is None
     assert lora_form(list(make_mm_state_dict(Family.V2))) is None
     assert lora_form(list(make_full_v3_adapter())) == "adapter"
+    # a spatial LoRA in diffusers names: attention keys among others are not the v3 adapter
+    spatial = [k.replace(".processor.to_q_lora.down.", ".to_q.lora_A.") for k in make_full_v3_adapter()]
+    assert lora_form(spatial) == "adapter"
+    assert lora_form([*spatial, "unet.down_blocks.0.attentions.0.proj_in.lora_A.weight"]) is None
+    # one file mixing two forms is none of them
+    official = list(make_motion_lora(MINI_SD15, rank=2))
+    assert lora_form([*official, *converted_lora_keys(make_motion_lora(MINI_SD15, rank=2))]) is None
 
 
 def test_three_forms_with_the_same_numbers_give_the_same_layer_deltas():

@@ -30,7 +30,7 @@ def converter(job: Any, sd_model: Any) -> Convert:
     """``convert(filename, state_dict)`` for this job's model (motion layers already named)."""
 
     def convert(filename: str, state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
-        form = motion_lora.lora_form(list(state_dict))
+        form = motion_lora.lora_form([k for k, v in state_dict.items() if isinstance(v, torch.Tensor)])
         if form is None:
             return state_dict
         name = os.path.basename(filename)

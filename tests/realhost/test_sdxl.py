@@ -20,7 +20,15 @@ def xl_job(frames: int, model: str = SDXL_BETA, steps: int = 2, **fields) -> dic
     return ad_job(frames, steps=steps, model=model, **fields)
 
 
-def test_the_webui_loads_the_tiny_checkpoint_as_sdxl(sdxl_server):
+def test_the_webui_loads_the_tiny_checkpoint_as_sdxl(sdxl_server, sdxl_checkpoint):
+    """The WebUI takes the yaml beside the file; its own keys say SDXL too (the key the WebUI
+    guesses SDXL by without a yaml, and a middle-block transformer, which SSD-1B lacks)."""
+    from safetensors import safe_open
+
+    with safe_open(str(sdxl_checkpoint), framework="pt") as f:
+        keys = set(f.keys())
+    assert "conditioner.embedders.1.model.ln_final.weight" in keys
+    assert "model.diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_q.weight" in keys
     model = sdxl_server.get("/realhost/model").json()
     assert model["is_sdxl"] and not model["is_sd1"], model
     assert model["unet_class"] == "sgm.modules.diffusionmodules.openaimodel.UNetModel", model
