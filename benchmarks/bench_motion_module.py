@@ -1,4 +1,5 @@
-"""UNet forward time with and without an injected motion module, beside the predicted FLOP ratio.
+"""UNet forward time and peak memory with and without an injected motion module (SD1.5 and SDXL
+layouts), beside the predicted FLOP ratio.
 
 Prediction: each site costs B·F·H·W·(44·C² + 8·F·C) matmul FLOPs (44·C² per token for proj_in,
 q/k/v/out of both attention blocks, the GEGLU feed-forward and proj_out; 8·F·C for QKᵀ and AV); the
@@ -19,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from factories import make_mm_state_dict, make_sd15_unet, unet_inputs  # noqa: E402
+from factories import make_mm_state_dict, make_sd15_unet, make_sdxl_unet, unet_inputs  # noqa: E402
 
 from motion_module.detect import detect  # noqa: E402
 from motion_module.frames import FrameLayout  # noqa: E402
@@ -60,11 +61,40 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(label: str, model_channels: int, size: int, frames: int, videos: int, repeats: int) -> dict:
+def peak_rss_mib() -> float:
+    """The process's peak resident memory since the last ``reset_peak`` (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def measured_peak(fn) -> float:
+    """Peak RSS growth (MiB) while ``fn`` runs."""
+    reset_peak()
+    before = peak_rss_mib()
+    fn()
+    return peak_rss_mib() - before
+
+
+def measure(
+    label: str, model_channels: int, size: int, frames: int, videos: int, repeats: int, base: str = "sd15"
+) -> dict:
     context_dim = 768 if model_channels >= 320 else 64
-    unet = make_sd15_unet(model_channels, context_dim)
-    widths = tuple(model_channels * m for m in (1, 2, 4, 4))
-    found = detect(make_mm_state_dict("v3", widths=widths), "v3")
+    if base == "sdxl":
+        unet = make_sdxl_unet(model_channels, context_dim)
+        widths, family = tuple(model_channels * m for m in (1, 2, 4)), "sdxl_beta"
+    else:
+        unet = make_sd15_unet(model_channels, context_dim)
+        widths, family = tuple(model_channels * m for m in (1, 2, 4, 4)), "v3"
+    found = detect(make_mm_state_dict(family, widths=widths), family)
     model = build_module(found, "cpu", torch.float32)
     x, t, _ = unet_inputs(videos * frames, size=size, context_dim=context_dim)
     context = torch.randn(videos * frames, 77, context_dim)
@@ -75,18 +105,21 @@ def measure(label: str, model_channels: int, size: int, frames: int, videos: int
             return unet(x, t, context)
 
     unet_flops = flops(call)
-    handle = inject(unet, model, layout, "sd15")
+    handle = inject(unet, model, layout, base)
     try:
         mm_measured = flops(call) - unet_flops
         mm_formula, mm_attention = predicted_mm_flops(unet, layout, call)
     finally:
         handle.remove()
     plain_times, injected_times = [], []
+    plain_peaks, injected_peaks = [], []
     for _ in range(repeats + 1):  # alternate single calls so background load hits both alike
         plain_times.append(timed(call))
-        handle = inject(unet, model, layout, "sd15")
+        plain_peaks.append(measured_peak(call))
+        handle = inject(unet, model, layout, base)
         try:
             injected_times.append(timed(call))
+            injected_peaks.append(measured_peak(call))
         finally:
             handle.remove()
     plain_times, injected_times = plain_times[1:], injected_times[1:]  # drop the warm-up pair
@@ -102,6 +135,7 @@ def measure(label: str, model_channels: int, size: int, frames: int, videos: int
         "measured": injected / plain,
         "predicted": predicted,
         "quotient": (injected / plain) / predicted,
+        "memory": max(injected_peaks[1:]) / max(max(plain_peaks[1:]), 1e-9),
     }
 
 
@@ -114,6 +148,7 @@ def main() -> None:
     rows = [
         measure("small ldm UNet (32 ch), 16 f, 2 videos, 16x16 latent", 32, 16, 16, 2, args.repeats),
         measure("SD1.5 width (320 ch), 16 f, 1 video, 16x16 latent", 320, 16, 16, 1, args.repeats),
+        measure("SDXL layout (320 ch), 16 f, 1 video, 16x16 latent", 320, 16, 16, 1, args.repeats, "sdxl"),
     ]
     header = (
         "config",
@@ -125,13 +160,15 @@ def main() -> None:
         "measured ratio",
         "predicted ratio",
         "measured/predicted",
+        "peak memory ratio",
     )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(
             f"| {r['config']} | {r['unet_gflop']:.2f} | {r['mm_gflop']:.2f} | {r['formula_ok']} | "
-            f"{r['plain_s']:.3f} | {r['mm_s']:.3f} | {r['measured']:.3f} | {r['predicted']:.3f} | {r['quotient']:.3f} |"
+            f"{r['plain_s']:.3f} | {r['mm_s']:.3f} | {r['measured']:.3f} | {r['predicted']:.3f} | {r['quotient']:.3f} | "
+            f"{r['memory']:.2f} |"
         )
     print(
         f"\ntorch {torch.__version__}, {args.threads} thread(s), min of {args.repeats} alternating calls after a warm-up pair"
