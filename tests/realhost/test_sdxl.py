@@ -65,6 +65,16 @@ def test_sdxl_beta_24_frames_in_windows_of_16(sdxl_server):
     assert_plain_unchanged(sdxl_server, "a 24-frame SDXL beta job in windows of 16")
 
 
+@pytest.mark.parametrize("loop", ["N", "R-P", "R+P", "A"])
+@pytest.mark.parametrize("mode", ["unet", "motion_module"])
+def test_every_closed_loop_mode_in_both_window_modes(sdxl_server, loop, mode):
+    """20 frames in windows of 8 on the sgm UNet, each closed-loop mode, full-UNet and motion-module
+    windows (the latter with the spatial layers over frame-budget chunks)."""
+    job = xl_job(20, batch_size=8, overlap=2, closed_loop=loop, window_mode=mode)
+    job["prompt"] = "0: a photo of a cat\n10: a photo of a dog"
+    assert_video(sdxl_server.generate("/sdapi/v1/txt2img", job), 20)
+
+
 def test_prompt_travel_interpolates_both_sdxl_conditionings(sdxl_server):
     """Keyframes at frames 0 and 7: frame by frame the cross-attention tokens and the pooled
     vector both move away from frame 0 and toward frame 7 (the probe reads what the UNet gets)."""
