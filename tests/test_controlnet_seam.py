@@ -234,3 +234,28 @@ def test_ip_adapter_keyframes_travel_like_prompts():
     assert not torch.equal(looped[7], rows[6])  # closed loop travels back to the first
     scheduler.prompt_map = {2: ""}
     assert scheduler.multi_cond(rows) is rows
+
+
+def test_ip_adapter_keyframe_embeddings_are_sliced_per_window():
+    """IP-Adapter keyframes give an embedding with one row per frame (cond then uncond rows);
+    ControlNet's adapter evaluates it against the UNet call's rows, so each window must see its
+    own rows. A one-image embedding (one row) is shared by every window."""
+    from typing import NamedTuple
+
+    class ImageEmbed(NamedTuple):  # the shape of ControlNet's
+        cond_emb: torch.Tensor
+        uncond_emb: torch.Tensor
+
+    per_frame = ImageEmbed(torch.arange(2 * FRAMES, dtype=torch.float32).view(-1, 1, 1), torch.zeros(1, 1, 1))
+    one_image = ImageEmbed(torch.ones(1, 1, 1), torch.zeros(1, 1, 1))
+    adapters = [SimpleNamespace(image_emb=per_frame), SimpleNamespace(image_emb=one_image)]
+    controls = [SimpleNamespace(hint_cond=None, control_model=adapter) for adapter in adapters]
+    p, cn = make_p([{"enabled": True}])
+    cn.latest_network = SimpleNamespace(control_params=controls)
+    inputs = controlnet.hint_inputs(p, FRAMES)
+    index = torch.tensor([5, 6, 15, 16])
+    with inputs.sliced(index, rows=2 * FRAMES, frames=FRAMES):
+        assert adapters[0].image_emb.cond_emb.flatten().tolist() == [5, 6, 15, 16]
+        assert adapters[0].image_emb.uncond_emb is per_frame.uncond_emb  # one row: shared
+        assert adapters[1].image_emb is one_image
+    assert torch.equal(adapters[0].image_emb.cond_emb, per_frame.cond_emb)

@@ -276,8 +276,9 @@ def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
     """Per-window access to every ControlNet control's hints (None without ControlNet).
 
     Read at each windowed call, since ControlNet builds its controls after our hooks ran. A
-    hint whose rows are not a whole number of videos (one image for every frame) is shared by
-    all windows and left alone; so are IP-Adapter embeddings, which are not per frame.
+    hint whose rows are not a whole number of videos (one image for every frame, an IP-Adapter
+    with one image) is shared by all windows and left alone; an IP-Adapter embedding with one row
+    per frame (keyframes) is sliced like a hint.
     """
     cn = find_script(p)
     if cn is None:
@@ -300,7 +301,34 @@ def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
     def setter(index: int, name: str):
         return lambda value: host_changes.window_hint(params()[index], name, value)
 
+    def embedding(index: int) -> tuple[Any, Any]:
+        """An IP-Adapter unit's image embedding (ControlNet keeps it on its adapter, made once in
+        its ``process``; with keyframes it holds one row per frame)."""
+        controls = params()
+        adapter = getattr(controls[index], "control_model", None) if index < len(controls) else None
+        return adapter, getattr(adapter, "image_emb", None)
+
+    def embedding_getter(index: int, part: str):
+        def get() -> torch.Tensor | None:
+            _adapter, emb = embedding(index)
+            rows = getattr(emb, part, None)
+            per_frame = isinstance(rows, torch.Tensor) and rows.dim() > 0 and rows.shape[0] % frames == 0
+            return rows if per_frame and rows.shape[0] >= frames and hasattr(emb, "_replace") else None
+
+        return get
+
+    def embedding_setter(index: int, part: str):
+        def put(value: torch.Tensor) -> None:
+            adapter, emb = embedding(index)
+            host_changes.window_hint(adapter, "image_emb", emb._replace(**{part: value}))
+
+        return put
+
     for index in range(8):  # ControlNet offers at most 8 units; absent ones read as None
         for name in ("hint_cond", "hr_hint_cond"):
             inputs.add(f"ControlNet {index} {name}", getter(index, name), setter(index, name))
+        for part in ("cond_emb", "uncond_emb"):
+            inputs.add(
+                f"IP-Adapter {index} {part}", embedding_getter(index, part), embedding_setter(index, part)
+            )
     return inputs

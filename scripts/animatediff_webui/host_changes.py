@@ -116,7 +116,9 @@ RESULTS: tuple[Change, ...] = (
 )
 LIFETIME: tuple[Change, ...] = (Change("img2img Batch tab hook", ("img2img.process_batch",)),)
 PER_CALL: tuple[Change, ...] = (
-    Change("ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond")),
+    Change(
+        "ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond", "ip_adapter.image_emb")
+    ),
     Change("one sampling pass", ("p.rng", "p.steps", "p.enable_hr", "p.mask", "p.nmask")),
     Change("preview strip", ("state.current_latent",)),
 )
@@ -520,8 +522,9 @@ def stop_the_job(session: PatchSession, p: Any, error: BaseException) -> None:
 
 
 def window_hint(control: Any, name: str, value: Any) -> None:
-    """One ControlNet control's hint (``hint_cond`` or ``hr_hint_cond``) for one windowed call;
-    the windowed denoiser writes the full hint back when the call returns."""
+    """One ControlNet control's hint (``hint_cond`` or ``hr_hint_cond``, or an IP-Adapter's
+    ``image_emb``) for one windowed call; the windowed denoiser writes the full one back when the
+    call returns."""
     setattr(control, name, value)
 
 
