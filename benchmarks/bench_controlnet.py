@@ -106,7 +106,7 @@ class RSSSampler:
 
 def job(cn_model: str, frames: int, steps: int, video: Path | None) -> dict:
     """txt2img with AnimateDiff; ``video`` None: the unit is disabled and no video is given."""
-    from realhost_server import MM_NAME
+    from realhost_server import MM_NAME, txt2img_job
 
     ad = {
         "enable": True,
@@ -121,17 +121,8 @@ def job(cn_model: str, frames: int, steps: int, video: Path | None) -> dict:
     else:
         ad.update(video_length=frames)
     unit = {"enabled": video is not None, "module": "none", "model": cn_model, "weight": 1.0}
-    return {
-        "prompt": "a photo of a cat",
-        "negative_prompt": "",
-        "seed": 77,
-        "sampler_name": "Euler",
-        "steps": steps,
-        "cfg_scale": 7,
-        "width": SIZE,
-        "height": SIZE,
-        "alwayson_scripts": {"AnimateDiff": {"args": [ad]}, "ControlNet": {"args": [unit]}},
-    }
+    scripts = {"AnimateDiff": {"args": [ad]}, "ControlNet": {"args": [unit]}}
+    return txt2img_job(seed=77, steps=steps, size=SIZE, alwayson_scripts=scripts)
 
 
 def run_job(server, payload: dict, frames: int) -> dict:

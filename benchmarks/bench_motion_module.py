@@ -10,6 +10,7 @@ cost, time(with) / time(without) ≈ 1 + MM FLOPs / UNet FLOPs. Run: python benc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from bench_controlnet import reset_hwm, status_kib  # noqa: E402
 from factories import make_mm_state_dict, make_sd15_unet, make_sdxl_unet, unet_inputs  # noqa: E402
 
 from motion_module.detect import detect  # noqa: E402
@@ -61,27 +63,13 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def peak_rss_mib() -> float:
-    """The process's peak resident memory since the last ``reset_peak`` (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
-
-
 def measured_peak(fn) -> float:
-    """Peak RSS growth (MiB) while ``fn`` runs."""
-    reset_peak()
-    before = peak_rss_mib()
+    """Peak RSS growth (MiB) of this process while ``fn`` runs (Linux: VmHWM after a reset)."""
+    pid = os.getpid()
+    reset_hwm(pid)
+    before = status_kib(pid, "VmHWM")
     fn()
-    return peak_rss_mib() - before
+    return (status_kib(pid, "VmHWM") - before) / 1024
 
 
 def measure(

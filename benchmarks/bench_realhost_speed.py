@@ -48,18 +48,9 @@ ALLOCATORS = {
 
 def payload(steps: int, frames: int | None, mode: str | None) -> dict:
     """txt2img at 64×64; ``frames`` None: a plain batch of 16 without AnimateDiff."""
-    from realhost_server import MM_NAME
+    from realhost_server import MM_NAME, txt2img_job
 
-    body = {
-        "prompt": "a photo of a cat",
-        "negative_prompt": "",
-        "seed": 77,
-        "sampler_name": "Euler",
-        "steps": steps,
-        "cfg_scale": 7,
-        "width": SIZE,
-        "height": SIZE,
-    }
+    body = txt2img_job(seed=77, steps=steps, size=SIZE)
     if frames is None:
         body["batch_size"] = PLAIN_BATCH
         return body

@@ -31,18 +31,24 @@ DIFFUSERS_LORA = "mm_lora_random_diffusers"  # the same numbers under diffusers 
 NOWHERE_LORA = "mm_lora_nowhere"  # same shapes, keys that name no layer
 V3_ADAPTER = "v3_sd15_adapter_random"  # the v3 domain adapter's official keys, for the tiny UNet
 
+
+def txt2img_job(seed: int, steps: int, size: int = 64, **fields) -> dict:
+    """The tier's txt2img request (Euler, CFG 7, size × size) with ``fields`` added."""
+    return {
+        "prompt": "a photo of a cat",
+        "negative_prompt": "",
+        "seed": seed,
+        "sampler_name": "Euler",
+        "steps": steps,
+        "cfg_scale": 7,
+        "width": size,
+        "height": size,
+        **fields,
+    }
+
+
 # A plain txt2img job: compared bit for bit before and after AnimateDiff jobs.
-PLAIN = {
-    "prompt": "a photo of a cat",
-    "negative_prompt": "",
-    "seed": 1234,
-    "sampler_name": "Euler",
-    "steps": 3,
-    "cfg_scale": 7,
-    "width": 64,
-    "height": 64,
-    "batch_size": 2,
-}
+PLAIN = txt2img_job(seed=1234, steps=3, batch_size=2)
 START_TIMEOUT = 240  # seconds: imports (~30 s), model load, script load, on a loaded 2-core box
 REQUEST_TIMEOUT = 300
 

@@ -25,6 +25,7 @@ from realhost_server import (
     decode_image,
     encode_image,
     info_of,
+    txt2img_job,
 )
 
 pytestmark = pytest.mark.realhost
@@ -37,17 +38,7 @@ def ad_args(**fields) -> dict:
 
 
 def ad_job(frames: int, steps: int = 2, **fields) -> dict:
-    return {
-        "prompt": "a photo of a cat",
-        "negative_prompt": "",
-        "seed": 99,
-        "sampler_name": "Euler",
-        "steps": steps,
-        "cfg_scale": 7,
-        "width": 64,
-        "height": 64,
-        "alwayson_scripts": ad_args(video_length=frames, **fields),
-    }
+    return txt2img_job(seed=99, steps=steps, alwayson_scripts=ad_args(video_length=frames, **fields))
 
 
 def gif_frames(b64: str) -> list[Image.Image]:

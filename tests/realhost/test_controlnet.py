@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from realhost_server import MM_NAME, PLAIN, decode_image, info_of
+from realhost_server import MM_NAME, PLAIN, decode_image, info_of, txt2img_job
 
 pytestmark = pytest.mark.realhost
 
@@ -93,20 +93,14 @@ def cn_unit(server, **fields) -> dict:
 def v2v_job(server, steps: int = 2, units: list[dict] | None = None, **ad_fields) -> dict:
     """txt2img with AnimateDiff (``ad_fields``; no fps key unless given) and ControlNet units
     (default: one enabled unit with no image of its own)."""
-    return {
-        "prompt": "a photo of a cat",
-        "negative_prompt": "",
-        "seed": 77,
-        "sampler_name": "Euler",
-        "steps": steps,
-        "cfg_scale": 7,
-        "width": 64,
-        "height": 64,
-        "alwayson_scripts": {
+    return txt2img_job(
+        seed=77,
+        steps=steps,
+        alwayson_scripts={
             "AnimateDiff": {"args": [{"enable": True, "model": MM_NAME, "format": ["GIF"], **ad_fields}]},
             "ControlNet": {"args": units if units is not None else [cn_unit(server)]},
         },
-    }
+    )
 
 
 def gif_of(body: dict) -> Image.Image:
