@@ -179,7 +179,8 @@ def prepare(p: Any, job: Job) -> None:
     """The ``p``-level changes the WebUI reads later: frames as the batch, prompts per frame."""
     session = job.session
     host_changes.tag_job(session, p, JOB_ATTR, job)
-    job.params = params = _route_video(p, job)
+    roots = settings.allowed_roots(_get(), getattr(shared(), "cmd_opts", None), _data_path())
+    job.params = params = _route_video(p, job, roots)
     frames = params.frames
     images = list(getattr(p, "init_images", None) or [])
     if job.is_img2img and 1 < len(images) != frames:
@@ -189,7 +190,7 @@ def prepare(p: Any, job: Job) -> None:
         )
     host_changes.subclass_processing(session, p, lambda base: _processing_class(base, job))
     host_changes.video_batch(session, p, frames, webui_saves_frames=_webui_saves_png(params))
-    energy = _listen(p, job)
+    energy = _listen(p, job, roots)
     job.travel = conditioning.prepare_prompts(p, session, params, energy)
     _write_infotext(p, job)
     log.info(
@@ -201,11 +202,10 @@ def prepare(p: Any, job: Job) -> None:
     )
 
 
-def _route_video(p: Any, job: Job) -> AnimateDiffParams:
+def _route_video(p: Any, job: Job, roots: list[str] | None) -> AnimateDiffParams:
     """ControlNet units take the video (or frame folder) as per-frame input; the frame count and
     fps may come from it. Returns the parameters the rest of the job uses."""
     params = job.params
-    roots = settings.allowed_roots(_get(), getattr(shared(), "cmd_opts", None), _data_path())
     keep = bool(settings.value(_get(), "animatediff_keep_frames"))
     images = list(getattr(p, "init_images", None) or []) if job.is_img2img else []
     job.video = plan = controlnet.plan_video(
@@ -221,7 +221,7 @@ def _route_video(p: Any, job: Job) -> AnimateDiffParams:
     return dataclasses.replace(params, video_length=plan.frames, export=export)
 
 
-def _listen(p: Any, job: Job) -> Any:
+def _listen(p: Any, job: Job, roots: list[str] | None) -> Any:
     """The soundtrack: read now (an unreadable file stops the job before anything runs), its
     onsets listed as frame numbers in the infotext when asked, and its energy per frame for the
     audio travel curve (returned; None without audio)."""
@@ -229,7 +229,6 @@ def _listen(p: Any, job: Job) -> Any:
     extras = params.extras
     if not extras.audio:
         return None
-    roots = settings.allowed_roots(_get(), getattr(shared(), "cmd_opts", None), _data_path())
     fps, frames = params.export.fps, params.frames
     audio = load_audio(extras.audio, seconds=frames / fps, allowed_roots=roots)
     if extras.audio_onsets is not Onsets.OFF:
