@@ -87,6 +87,9 @@ class AnimateDiffScript(scripts.Script):
     def postprocess_batch_list(self, p, pp, *args, **kwargs):
         lifecycle.postprocess_batch_list(p, kwargs.get("batch_number", 0))
 
+    def postprocess_maskoverlay(self, p, ppmo, *args):
+        lifecycle.postprocess_maskoverlay(p, ppmo)
+
     def postprocess(self, p, processed, *args):
         lifecycle.postprocess(p, processed)
 

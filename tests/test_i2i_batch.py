@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from scripts.animatediff_webui import i2i_batch
+from scripts.animatediff_webui import i2i_batch, inpaint_masks
 
 
 @pytest.fixture
@@ -60,17 +60,30 @@ def test_every_image_is_one_frame_in_natural_order(tmp_path, webui):
     assert getattr(p, i2i_batch.FOLDER_ATTR) == folder  # ControlNet units without input take it
 
 
+def test_one_mask_per_image_goes_with_its_frame(tmp_path, webui):
+    """N masks for N images: all of them, in natural order, ride on p for the job's per-frame
+    init; ``image_mask`` is the first (so the WebUI and ControlNet see an inpaint job)."""
+    folder = frames(tmp_path / "in", ["f10.png", "f2.png", "f1.png"])
+    mask = frames(tmp_path / "mask", ["m10.png", "m2.png", "m1.png"])
+    p = make_p()
+    i2i_batch.run_as_video(p, folder, "", mask, [])
+    masks = getattr(p, inpaint_masks.MASKS_ATTR)
+    assert [m.getpixel((0, 0))[0] for m in masks] == [40, 20, 0]  # m1, m2, m10
+    assert p.image_mask is masks[0]
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [
         ("empty", "img2img batch input folder .* holds no image files"),
-        ("masks", "img2img batch inpaint mask folder"),
-        ("per-frame masks", "one mask for every frame is supported"),
+        ("masks", "img2img batch inpaint mask folder holds 2 masks for 3 images"),
+        ("only masked", r"holds 3 masks .* 'Only masked' \(inpaint_full_res=True\)"),
     ],
 )
 def test_bad_folders_are_refused_naming_the_field(tmp_path, webui, case, message):
     folder = frames(tmp_path / "in", ["a.png", "b.png", "c.png"])
     mask = ""
+    p = make_p()
     if case == "empty":
         (tmp_path / "empty").mkdir()
         folder = str(tmp_path / "empty")
@@ -78,9 +91,11 @@ def test_bad_folders_are_refused_naming_the_field(tmp_path, webui, case, message
         mask = frames(tmp_path / "mask", ["1.png", "2.png"])
     else:
         mask = frames(tmp_path / "mask", ["1.png", "2.png", "3.png"])
+        p.inpaint_full_res = True
     with pytest.raises(ValueError, match=message):
-        i2i_batch.run_as_video(make_p(), folder, "", mask, [])
+        i2i_batch.run_as_video(p, folder, "", mask, [])
     assert webui == []
+    assert not hasattr(p, "init_images") and not hasattr(p, "image_mask")  # p left as it was
 
 
 def test_the_hook_runs_the_webuis_loop_unless_animatediff_is_on(tmp_path, webui, monkeypatch):

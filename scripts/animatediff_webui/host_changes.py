@@ -57,6 +57,18 @@ STEPS: tuple[Change, ...] = (
     Change("ControlNet view on p", ("p.animatediff_cn_view",)),
     Change("ControlNet units take the video", ("p.script_args",)),
     Change("init images per frame", ("p.init_images",)),
+    Change(
+        "per-frame inpaint masks",
+        (
+            "p.init_latent",
+            "p.mask",
+            "p.nmask",
+            "p.image_conditioning",
+            "p.overlay_images",
+            "p.mask_for_overlay",
+            "p.color_corrections",
+        ),
+    ),
     Change("SparseCtrl frame layout", ("animatediff_mm.current_layout[]",)),
     Change(
         "inject motion module",
@@ -111,8 +123,10 @@ RESULTS: tuple[Change, ...] = (
             "p.steps",
             "p.sampler_name",
             "p.animatediff_i2i_batch_folder",
+            "p.animatediff_inpaint_masks",
         ),
     ),
+    Change("per-frame overlay mask", ("overlay_args.mask_for_overlay",)),
 )
 LIFETIME: tuple[Change, ...] = (Change("img2img Batch tab hook", ("img2img.process_batch",)),)
 PER_CALL: tuple[Change, ...] = (
@@ -120,6 +134,9 @@ PER_CALL: tuple[Change, ...] = (
         "ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond", "ip_adapter.image_emb")
     ),
     Change("one sampling pass", ("p.rng", "p.steps", "p.enable_hr", "p.mask", "p.nmask")),
+    Change(
+        "one frame's img2img init", ("p.init_images", "p.image_mask", "p.batch_size", "p.color_corrections")
+    ),
     Change("preview strip", ("state.current_latent",)),
 )
 _NAMES = {change.name for change in STEPS}
@@ -484,9 +501,7 @@ def next_phase(session: PatchSession, state: Any, text: str) -> None:
 
 
 @contextmanager
-def sampling_pass(p: Any, values: dict[str, Any]) -> Iterator[None]:
-    """Attributes of ``p`` for one call of the WebUI's ``p.sample`` (the noise generator, the
-    step count, hires fix and the inpaint mask of one FreeInit iteration); put back after it."""
+def _for_one_call(p: Any, values: dict[str, Any]) -> Iterator[None]:
     saved = {key: _own(p, key) for key in values}
     for key, value in values.items():
         setattr(p, key, value)
@@ -494,6 +509,25 @@ def sampling_pass(p: Any, values: dict[str, Any]) -> Iterator[None]:
         yield
     finally:
         _restore(p, saved)
+
+
+def sampling_pass(p: Any, values: dict[str, Any]) -> Any:
+    """Attributes of ``p`` for one call of the WebUI's ``p.sample`` (the noise generator, the
+    step count, hires fix and the inpaint mask of one FreeInit iteration); put back after it."""
+    return _for_one_call(p, values)
+
+
+def one_frame_init(p: Any, values: dict[str, Any]) -> Any:
+    """Attributes of ``p`` for one call of the WebUI's img2img ``init`` on a single frame (its
+    init image, its inpaint mask, a batch of one, no colour correction yet); put back after it."""
+    return _for_one_call(p, values)
+
+
+def per_frame_inpaint(session: PatchSession, p: Any, values: dict[str, Any]) -> None:
+    """What the WebUI's img2img ``init`` made, joined frame by frame from one run per frame:
+    latent masks ``(F, C, h, w)``, start latents, image conditioning, overlays and colour
+    corrections per frame. Undone when the job closes (after the last batch was pasted back)."""
+    _set_attr(session, "per-frame inpaint masks", p, values)
 
 
 def stop_the_job(session: PatchSession, p: Any, error: BaseException) -> None:
@@ -575,6 +609,11 @@ def batch_tab_video(p: Any, values: dict[str, Any]) -> None:
     the WebUI's own Batch tab applies (output folder, scale, mask, PNG info)."""
     for key, value in values.items():
         setattr(p, key, value)
+
+
+def frame_overlay_mask(overlay_args: Any, mask: Any) -> None:
+    """The WebUI's ``PostProcessMaskOverlayArgs`` for one image: its frame's overlay mask."""
+    overlay_args.mask_for_overlay = mask
 
 
 def batch_tab_hook(img2img_module: Any, hook: Any, original: Any) -> Callable[[], None]:

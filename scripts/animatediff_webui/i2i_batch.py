@@ -6,7 +6,9 @@ AnimateDiff on, ``run_as_video`` runs one generation instead, with every image (
 sd-webui-controlnet, which replaces ``process_batch`` and calls
 ``scripts.animatediff_i2ibatch.animatediff_i2i_batch`` when AnimateDiff is on, and, without
 ControlNet, through our own wrapper of ``process_batch`` (``install_hook``, for the extension's
-lifetime). The output folder, scaling and PNG-info options act as the WebUI's Batch tab does.
+lifetime). The output folder, scaling and PNG-info options act as the WebUI's Batch tab does. An
+inpaint mask folder holds one mask for every frame, or one per image (natural order), which
+inpaints frame k with mask k (``inpaint_masks``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Any
 from motion_module.control_batch_input import check_mask_count
 from motion_module.media_paths import list_frame_files, natural_key
 
-from . import controlnet, host_changes
+from . import controlnet, host_changes, inpaint_masks
 
 log = logging.getLogger("animatediff")
 
 FOLDER_ATTR = controlnet.I2I_FOLDER_ATTR  # the input folder, for ControlNet units
 FIELD = "img2img batch input folder"
-MASK_FIELD = "img2img batch inpaint mask folder"
+MASK_FIELD = inpaint_masks.FIELD
 
 
 def frame_files(source: Any) -> list[str]:
@@ -62,12 +64,11 @@ def run_as_video(
     if inpaint_mask_dir:
         masks = list_frame_files(inpaint_mask_dir, MASK_FIELD)
         check_mask_count(len(masks), len(files), field=MASK_FIELD)
-        if len(masks) > 1:
-            raise ValueError(
-                f"AnimateDiff: the {MASK_FIELD} holds {len(masks)} masks; one mask for every frame is "
-                "supported (per-frame masks are not yet)"
-            )
-        values["image_mask"] = images.read(masks[0])
+        read = [images.read(name) for name in masks]
+        if len(read) > 1:
+            inpaint_masks.refuse_full_res(p, len(read))
+            values[inpaint_masks.MASKS_ATTR] = read
+        values["image_mask"] = read[0]
     if use_png_info:
         values.update(_png_info(frames[0], files[0], png_info_props, png_info_dir, p))
     if output_dir.strip():

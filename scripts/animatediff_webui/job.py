@@ -37,7 +37,18 @@ from motion_module.params import (
 )
 from motion_module.travel_curves import audio_reduction
 
-from . import conditioning, controlnet, failure, host_changes, host_model, img2vid, noise, output, settings
+from . import (
+    conditioning,
+    controlnet,
+    failure,
+    host_changes,
+    host_model,
+    img2vid,
+    inpaint_masks,
+    noise,
+    output,
+    settings,
+)
 from .args import as_image
 from .failure import AnimateDiffError
 from .lora_files import converter as lora_converter
@@ -71,6 +82,8 @@ class Job:
     travel: conditioning.TravelState | None = None
     img2vid: img2vid.StartLatents | None = None
     video: controlnet.VideoPlan | None = None  # video-to-video routing (ControlNet)
+    frame_masks: list[Any] | None = None  # the Batch tab's inpaint masks, one per frame
+    overlay_masks: list[Any] | None = None  # each frame's mask_for_overlay, made by p.init
     error: AnimateDiffError | None = None  # raised by p.sample once sampling returns or starts
     export_counted: bool = False  # the export's job is on the progress bar
 
@@ -188,6 +201,8 @@ def prepare(p: Any, job: Job) -> None:
             f"AnimateDiff img2img got {len(images)} init images for {frames} frames; "
             f"give one init image (img2vid) or exactly {frames} (one per frame)"
         )
+    if job.is_img2img:
+        job.frame_masks = inpaint_masks.frame_masks(p, frames)
     host_changes.subclass_processing(session, p, lambda base: _processing_class(base, job))
     host_changes.video_batch(session, p, frames, webui_saves_frames=_webui_saves_png(params))
     energy = _listen(p, job, roots)
@@ -251,10 +266,19 @@ def _data_path() -> str:
 
 def _processing_class(base: type, job: Job) -> type:
     """A subclass of ``p``'s class whose ``sample`` re-raises errors recorded during sampling
-    (where hooks and callbacks cannot raise) and whose ``close`` closes the job first: the WebUI
-    calls ``p.close()`` even after exceptions. Copies of ``p`` keep the class but only delegate."""
+    (where hooks and callbacks cannot raise), whose ``init`` makes one inpaint mask per frame
+    when the Batch tab gave them, and whose ``close`` closes the job first: the WebUI calls
+    ``p.close()`` even after exceptions. Copies of ``p`` keep the class but only delegate."""
 
     class AnimateDiffProcessing(base):  # type: ignore[misc, valid-type]
+        def init(self, all_prompts: Any, all_seeds: Any, all_subseeds: Any) -> Any:
+            if not job.owns(self) or job.frame_masks is None:
+                return base.init(self, all_prompts, all_seeds, all_subseeds)
+            job.overlay_masks = inpaint_masks.init_per_frame(
+                self, job.session, base.init, job.frame_masks, all_prompts, all_seeds, all_subseeds
+            )
+            return None
+
         def sample(self, *args: Any, **kwargs: Any) -> Any:
             if not job.owns(self):
                 return base.sample(self, *args, **kwargs)

@@ -18,7 +18,7 @@ from typing import Any
 from motion_module.params import ParamsError
 
 from . import args as ad_args
-from . import conditioning, controlnet, failure, host_changes
+from . import conditioning, controlnet, failure, host_changes, inpaint_masks
 from . import job as jobs
 from .failure import AnimateDiffError
 from .job import Job, base_params, close_stale, job_of, model_folder
@@ -137,6 +137,13 @@ def postprocess_batch_list(p: Any, batch_number: int) -> None:
     job = job_of(p)
     if job is not None:
         conditioning.restore_infotext_prompts(p, job.travel, job.params.frames, batch_number)
+
+
+def postprocess_maskoverlay(p: Any, overlay_args: Any) -> None:
+    """Per-frame inpaint masks: each image is pasted back and returned with its frame's mask."""
+    job = job_of(p)
+    if job is not None:
+        inpaint_masks.overlay_mask(job.overlay_masks, overlay_args)
 
 
 def postprocess(p: Any, processed: Any) -> None:

@@ -14,12 +14,16 @@ used: ``executable_path`` points at the system Chromium).
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
+from realhost_server import PLAIN, decode_image
 
 pytestmark = pytest.mark.realhost
 
@@ -243,6 +247,135 @@ def test_img2img_batch_tab_makes_one_video(browser, batch_server, artifacts_dir)
     assert files_under(webui_outputs) == before, (
         f"{kind}: the WebUI wrote to its own outputs/: {sorted(files_under(webui_outputs) - before)}"
     )
+
+
+# --- img2img Batch tab with one inpaint mask per frame --------------------------------------------
+
+MASKED_FRAMES = 4
+
+
+def textured_frame(k: int, size: int = 64) -> Image.Image:
+    """Frame ``k``: seeded random colours, so every pixel of every frame is its own."""
+    rng = np.random.default_rng(100 + k)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def half_mask(k: int, size: int = 64) -> Image.Image:
+    """White (inpaint) on the left half for even frames, on the right half for odd ones."""
+    array = np.zeros((size, size), np.uint8)
+    array[:, : size // 2] = 255
+    return Image.fromarray(array if k % 2 == 0 else array[:, ::-1].copy())
+
+
+def generate_batch(page, output: Path, done, timeout_s: float = GENERATE_TIMEOUT_MS / 1000) -> None:
+    """Set the Output directory, press Generate and wait until ``done()`` (polled) and the page
+    has finished the job (Interrupt hidden)."""
+    page.fill("#img2img_batch_output_dir textarea", str(output))
+    page.click("#img2img_generate")
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"the Batch job into {output} never finished"
+        page.wait_for_timeout(500)
+    page.wait_for_selector("#img2img_interrupt", state="hidden", timeout=30_000)
+
+
+def img2img_tab(page, name: str) -> None:
+    page.locator("#mode_img2img > .tab-nav > button", has_text=re.compile(rf"^\s*{name}\s*$")).click()
+
+
+def assert_pasted_back(kind: str, who: str, out: Image.Image, k: int) -> float:
+    """Frame ``k``'s output keeps the input's pixels exactly outside mask ``k`` (the WebUI's
+    paste-back) and differs inside it; returns the mean difference inside."""
+    got = np.asarray(out.convert("RGB"), np.int16)
+    source = np.asarray(textured_frame(k), np.int16)
+    inpaint = np.asarray(half_mask(k)) == 255
+    kept = np.abs(got - source)[~inpaint]
+    assert kept.max() == 0, (
+        f"{kind}, {who}, frame {k}: outside its mask the output is not the input "
+        f"({np.count_nonzero(kept.max(axis=-1))} pixels differ, max |Δ| {kept.max()})"
+    )
+    inside = float(np.abs(got - source)[inpaint].mean())
+    assert inside > 8, f"{kind}, {who}, frame {k}: inside its mask the output is the input (|Δ| {inside:.2f})"
+    return inside
+
+
+def test_img2img_batch_tab_inpaints_each_frame_with_its_mask(browser, batch_server, artifacts_dir):
+    """img2img → Batch with an Inpaint batch mask directory of 4 masks for 4 frames (left and
+    right halves alternating), Mask blur 0. First AnimateDiff off: the WebUI's own loop inpaints
+    each image with its mask (matched by file name) and pastes the rest back. Then AnimateDiff
+    on, one 4-frame video: every frame keeps its input's pixels exactly where the WebUI's own
+    run does (outside its own mask) and is generated inside it. Then "Only masked" with the
+    per-frame masks is refused naming the option, and a plain txt2img after it is
+    pixel-identical to one before it."""
+    kind, server = batch_server
+    media = server.data_dir / f"media-inpaint-{kind}"
+    source, masks = media / "frames", media / "masks"
+    source.mkdir(parents=True)
+    masks.mkdir()
+    for k in range(MASKED_FRAMES):
+        textured_frame(k).save(source / f"frame{k}.png")
+        half_mask(k).save(masks / f"frame{k}.png")  # the WebUI pairs masks by file name
+
+    page = open_page(browser, server)
+    page.click("#tabs > .tab-nav > button:has-text('img2img')")
+    page.wait_for_selector("#img2img_prompt textarea", state="visible")
+    page.fill("#img2img_prompt textarea", "a photo of a cat")
+    img2img_tab(page, "Inpaint")  # the inpaint options are shown there and apply to Batch too
+    set_number(page, "#img2img_mask_blur input[type=number]", "0")
+    img2img_tab(page, "Batch")
+    page.click("#img2img_batch_source > .tab-nav > button:has-text('From directory')")
+    page.fill("#img2img_batch_input_dir textarea", str(source))
+    page.fill("#img2img_batch_inpaint_mask_dir textarea", str(masks))
+    for field, value in (("width", "64"), ("height", "64"), ("steps", "3")):
+        set_number(page, f"#img2img_{field} input[type=number]", value)
+    page.fill("#img2img_seed input", "99")
+
+    own_dir = media / "own"  # AnimateDiff off: the WebUI's loop, one image at a time
+    generate_batch(page, own_dir, lambda: len(files_under(own_dir)) == MASKED_FRAMES)
+    own = {re.search(r"frame\d+", name).group(): name for name in files_under(own_dir)}  # 00000-frame0.png
+    assert sorted(own) == [f"frame{k}" for k in range(MASKED_FRAMES)], f"{kind}: WebUI wrote {own}"
+    for k in range(MASKED_FRAMES):
+        assert_pasted_back(kind, "the WebUI's own Batch loop", Image.open(own_dir / own[f"frame{k}"]), k)
+
+    page.click(f"{I2I_PANEL}accordion .label-wrap")
+    page.locator(f"{I2I_PANEL}enable input[type=checkbox]").check()
+    set_number(page, f"{I2I_PANEL}video_length input", "0")
+    set_number(page, f"{I2I_PANEL}batch_size input[type=number]", str(MASKED_FRAMES))
+    offset = server.log_size()
+    video_dir = media / "video"
+    generate_batch(page, video_dir, lambda: any(name.endswith(".gif") for name in files_under(video_dir)))
+    page.screenshot(path=str(artifacts_dir / f"realhost-browser-inpaint-{kind}.png"))
+    log = server.log_since(offset)
+    assert f"{MASKED_FRAMES} inpaint masks, one per frame" in log, log[-3000:]
+    pngs = sorted((media / "video").rglob("0000*.png"))
+    assert [p.name for p in pngs] == [f"{k:05d}.png" for k in range(MASKED_FRAMES)], (
+        f"{kind}: video frames written: {pngs}\n{log[-3000:]}"
+    )
+    inside = [
+        assert_pasted_back(kind, "the AnimateDiff video", Image.open(png), k) for k, png in enumerate(pngs)
+    ]
+    print(f"{kind}: mean |Δ| inside each frame's mask {[round(d, 1) for d in inside]}")
+
+    before = plain_images(server)
+    img2img_tab(page, "Inpaint")
+    page.locator("#img2img_inpaint_full_res label", has_text="Only masked").click()
+    img2img_tab(page, "Batch")
+    refused = page.locator("#html_log_img2img .error", has_text="inpaint_full_res")
+    generate_batch(page, media / "refused", lambda: refused.count() > 0)
+    message = refused.first.inner_text()
+    page.close()
+    assert f"holds {MASKED_FRAMES} masks" in message and "Only masked" in message, message
+    assert not (media / "refused").exists(), f"{kind}: the refused job wrote {files_under(media / 'refused')}"
+    after = plain_images(server)
+    for i, (a, b) in enumerate(zip(after, before, strict=True)):
+        assert np.array_equal(a, b), (
+            f"{kind}: plain txt2img image {i} after the refused job differs from before"
+        )
+
+
+def plain_images(server) -> list[np.ndarray]:
+    body = server.generate("/sdapi/v1/txt2img", PLAIN)
+    return [np.asarray(decode_image(b).convert("RGB")) for b in body["images"]]
 
 
 VIDEO_FRAMES, VIDEO_FPS = 8, 4
