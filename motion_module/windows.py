@@ -79,15 +79,25 @@ class PerFrameInputs:
         return len(self._entries)
 
     @contextlib.contextmanager
-    def sliced(self, index: torch.Tensor, rows: int, frames: int) -> Iterator[None]:
+    def sliced(
+        self, index: torch.Tensor | None, rows: int, frames: int, device: torch.device | None = None
+    ) -> Iterator[None]:
+        """For one UNet call: each input's rows of ``index`` (None: every row), moved to
+        ``device`` (the UNet's, where the call runs). Only that part is moved: the full inputs
+        may be kept on the CPU, and a long video's hints then never sit on the device whole."""
         restore: list[tuple[Callable[[Any], None], Any]] = []
         try:
             for name, get, set_ in self._entries:
                 full = get()
                 if full is None:
                     continue
+                part = full if index is None else _take(name, full, index, rows, frames)
+                if device is not None:
+                    part = part.to(device)
+                if part is full:
+                    continue
                 restore.append((set_, full))
-                set_(_take(name, full, index, rows, frames))
+                set_(part)
             yield
         finally:
             for set_, full in reversed(restore):
@@ -216,7 +226,7 @@ class WindowedDenoiser:
 
         def call(index: torch.Tensor, length: int) -> torch.Tensor:
             x_in, sigma_in, cond_in = slice_rows((x, sigma, cond), index, rows)
-            with self.per_frame.sliced(index, rows, frames), self.layout.using(length):
+            with self.per_frame.sliced(index, rows, frames, x.device), self.layout.using(length):
                 out = self.inner(x_in, sigma_in, **cond_in)
             self._count(out, index.numel() * frames // rows)
             return out
@@ -227,8 +237,9 @@ class WindowedDenoiser:
         self, x: torch.Tensor, sigma: Any, cond: dict, runner: TemporalRunner | None
     ) -> torch.Tensor:
         rows = self.params.frame_budget if runner is not None else 0  # motion-module windows: bounded
-        with self.layout.using(self.frames, runner, spatial_rows=rows):
-            return self.inner(x, sigma, **cond)
+        with self.per_frame.sliced(None, x.shape[0], self.frames, x.device):
+            with self.layout.using(self.frames, runner, spatial_rows=rows):
+                return self.inner(x, sigma, **cond)
 
     def _count(self, out: torch.Tensor, frame_evals: int) -> torch.Tensor:
         self.calls += 1

@@ -259,3 +259,73 @@ def test_ip_adapter_keyframe_embeddings_are_sliced_per_window():
         assert adapters[0].image_emb.uncond_emb is per_frame.uncond_emb  # one row: shared
         assert adapters[1].image_emb is one_image
     assert torch.equal(adapters[0].image_emb.cond_emb, per_frame.cond_emb)
+
+
+class OnAccelerator(torch.Tensor):
+    """A hint as ControlNet leaves it: on the UNet's device (reported as ``cuda:0``; the data
+    lives on this test machine's CPU)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+@pytest.fixture
+def moves(monkeypatch):
+    """(rows, target device type) of every ``Tensor.to`` on an image-shaped (4-D) tensor."""
+    seen = []
+    real_to = torch.Tensor.to
+
+    def spy_to(self, *args, **kwargs):
+        plain = self.as_subclass(torch.Tensor) if isinstance(self, OnAccelerator) else self
+        out = real_to(plain, *args, **kwargs)
+        if self.dim() == 4:
+            seen.append((self.shape[0], out.device.type))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", spy_to)
+    return seen
+
+
+def test_hints_wait_on_the_cpu_and_a_call_gets_its_rows_on_the_device(moves):
+    """ControlNet's per-frame hint (on the device) is moved to the CPU once and stays there; a
+    windowed UNet call gets only its window's rows moved to the UNet's device (``meta`` stands
+    in for it), and the CPU hint is back after the call."""
+    data = torch.arange(2 * FRAMES, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()
+    control = SimpleNamespace(hint_cond=data.as_subclass(OnAccelerator), hr_hint_cond=None)
+    p, cn = make_p([{"enabled": True}])
+    cn.latest_network = SimpleNamespace(control_params=[control])
+    inputs = controlnet.hint_inputs(p, FRAMES)
+    index = torch.tensor([2, 3, 4, 12, 13, 14])
+    for _step in range(2):
+        with inputs.sliced(index, rows=2 * FRAMES, frames=FRAMES, device=torch.device("meta")):
+            assert control.hint_cond.device.type == "meta" and control.hint_cond.shape[0] == 6
+        parked = control.hint_cond
+        assert type(parked) is torch.Tensor and parked.device.type == "cpu" and torch.equal(parked, data)
+    assert moves == [(2 * FRAMES, "cpu"), (6, "meta"), (6, "meta")], moves  # parked once, never sent whole
+
+
+@pytest.mark.parametrize("mode", ["unet", "motion_module"])
+def test_the_windowed_denoiser_moves_per_frame_inputs_to_the_latents_device(monkeypatch, mode):
+    """Every UNet call asks for its rows on the latents' device: a window's rows in whole-UNet
+    window mode, every row in motion-module window mode (the UNet sees all frames at once)."""
+    from motion_module.frames import FrameLayout
+    from motion_module.params import WindowParams
+    from motion_module.windows import PerFrameInputs, WindowedDenoiser
+
+    asked = []
+    real = PerFrameInputs.sliced
+
+    def sliced(self, index, rows, frames, device=None):
+        asked.append((None if index is None else index.numel(), rows, device))
+        return real(self, index, rows, frames, device)
+
+    monkeypatch.setattr(PerFrameInputs, "sliced", sliced)
+    params = WindowParams(context=4, overlap=1, mode=mode, frame_budget=0)  # one window a call
+    denoiser = WindowedDenoiser(lambda x, sigma, **cond: x, params, FrameLayout(), FRAMES)
+    denoiser(torch.zeros(2 * FRAMES, 4, 8, 8), torch.ones(2 * FRAMES))
+    assert asked and all(device == torch.device("cpu") for _, _, device in asked), asked
+    if mode == "unet":
+        assert all(n is not None and n < 2 * FRAMES for n, _, _ in asked), asked
+    else:
+        assert asked == [(None, 2 * FRAMES, torch.device("cpu"))], asked

@@ -279,6 +279,10 @@ def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
     hint whose rows are not a whole number of videos (one image for every frame, an IP-Adapter
     with one image) is shared by all windows and left alone; an IP-Adapter embedding with one row
     per frame (keyframes) is sliced like a hint.
+
+    ControlNet makes every frame's hint at once, on the device the UNet runs on. The first read
+    moves a per-frame hint to the CPU (once); each call then gets its window's rows moved to the
+    UNet's device, so the device holds one window's hints instead of the whole video's.
     """
     cn = find_script(p)
     if cn is None:
@@ -294,7 +298,9 @@ def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
             controls = params()
             hint = getattr(controls[index], name, None) if index < len(controls) else None
             per_frame = isinstance(hint, torch.Tensor) and hint.dim() > 0 and hint.shape[0] % frames == 0
-            return hint if per_frame and hint.shape[0] >= frames else None
+            if not per_frame or hint.shape[0] < frames:
+                return None
+            return host_changes.hint_on_cpu(controls[index], name, hint)
 
         return get
 

@@ -127,6 +127,7 @@ RESULTS: tuple[Change, ...] = (
         ),
     ),
     Change("per-frame overlay mask", ("overlay_args.mask_for_overlay",)),
+    Change("ControlNet hints kept on the CPU", ("control.hint_cond", "control.hr_hint_cond")),
 )
 LIFETIME: tuple[Change, ...] = (Change("img2img Batch tab hook", ("img2img.process_batch",)),)
 PER_CALL: tuple[Change, ...] = (
@@ -553,6 +554,21 @@ def stop_the_job(session: PatchSession, p: Any, error: BaseException) -> None:
     sampler = getattr(p, "sampler", None)
     if sampler is not None:
         _set_attr(session, "stop the job", sampler, dict.fromkeys(("sample", "sample_img2img"), raiser))
+
+
+def hint_on_cpu(control: Any, name: str, hint: torch.Tensor) -> torch.Tensor:
+    """One ControlNet control's per-frame hint (``hint_cond`` or ``hr_hint_cond``) moved to the
+    CPU, where it stays; windowed calls move their rows to the device. Not undone: the values
+    are the same, ControlNet builds new controls for every job, and moving it back would put
+    the whole video's hints on the device again. Returns the hint as the control now holds it."""
+    if hint.device.type == "cpu":
+        return hint
+    parked = hint.to("cpu")
+    setattr(control, name, parked)
+    log.info(
+        "AnimateDiff: ControlNet's %s %s kept on the CPU; windows take their rows", name, tuple(hint.shape)
+    )
+    return parked
 
 
 def window_hint(control: Any, name: str, value: Any) -> None:
