@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .checkpoint import SvdCheckpointError
 from .params import SvdParams
 
-
-class SvdCheckpointError(ValueError):
-    """A file that is not an SVD single-file checkpoint (the message names the file and says why)."""
+__all__ = ["SvdCheckpointError"]
 
 
 class SvdInterrupted(Exception):
