@@ -269,3 +269,79 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path) -> None:
 )
 def test_default_frames_from_the_file_name(name, frames) -> None:
     assert default_frames_for(name) == frames
+
+
+# --- the real networks from tiny official-layout files -----------------------------------------
+
+svd_factory = pytest.importorskip("svd_factory")
+
+
+@pytest.fixture(scope="module")
+def tiny_state() -> dict[str, torch.Tensor]:
+    return svd_factory.tiny_svd_state_dict(seed=5)
+
+
+@pytest.mark.parametrize(("variant", "fmt", "frames"), [("svd", "safetensors", 14), ("svd_xt", "ckpt", 25)])
+def test_tiny_official_file_loads_every_network_strictly(tmp_path, variant, fmt, frames) -> None:
+    from motion_module.svd.checkpoint import svd_components
+    from motion_module.svd.pipeline import load_svd
+
+    path = svd_factory.write_tiny_svd(tmp_path, variant, fmt, seed=5)
+    assert path.name == f"{variant}.{fmt}"
+    model = load_svd(path)
+    assert model.name == path.name and model.default_frames == frames and model.dtype == torch.float32
+    state = svd_factory.tiny_svd_state_dict(seed=5)
+    used = set()
+    for component in svd_components():
+        module = model.components[component.name]
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[component.prefix + key]), component.prefix + key
+            used.add(component.prefix + key)
+        assert not any(t.is_meta for t in module.parameters())
+    # what the file holds beyond the networks is exactly what the components declare ignored
+    ignored = tuple(prefix for c in svd_components() for prefix in c.ignored)
+    leftover = set(state) - used
+    assert leftover and all(key.startswith(ignored) for key in leftover)
+    assert any(key.startswith("first_stage_model.encoder.") for key in leftover)
+    assert any(key.startswith("conditioner.embedders.0.open_clip.model.") for key in leftover)
+
+
+def test_tiny_file_in_half_precision_loads_as_asked(tmp_path) -> None:
+    from motion_module.svd.pipeline import load_svd
+
+    path = svd_factory.write_tiny_svd(tmp_path / "svd_xt_1_1.safetensors", "svd_xt", dtype=torch.float16)
+    model = load_svd(path, dtype=torch.bfloat16)
+    assert model.default_frames == 25 and model.dtype == torch.bfloat16
+    assert {p.dtype for m in model.components.values() for p in m.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda s: s.pop(UNET_PREFIX + "out.0.bias"),
+            "the unet tensors (under 'model.diffusion_model.') do not fit its layout; 1 missing: out.0.bias",
+        ),
+        (
+            lambda s: s.update({DECODER_PREFIX + "up.0.extra.weight": torch.ones(1)}),
+            "1 unexpected: up.0.extra.weight",
+        ),
+        (
+            lambda s: s.update({"cond_stage_model.x": torch.ones(1)}),
+            "belong to no part of an SVD checkpoint: cond_stage_model.x",
+        ),
+        (
+            lambda s: s.pop("conditioner.embedders.3.encoder.quant_conv.weight"),
+            "the vae_encoder tensors (under 'conditioner.embedders.3.encoder.') do not describe a network",
+        ),
+    ],
+)
+def test_tiny_official_file_with_a_wrong_key_is_refused(tmp_path, tiny_state, change, expected) -> None:
+    from motion_module.svd.pipeline import load_svd
+
+    state = dict(tiny_state)
+    change(state)
+    path = save(state, tmp_path / "svd_changed.safetensors")
+    with pytest.raises(SvdCheckpointError, match="svd_changed.safetensors") as error:
+        load_svd(path)
+    assert expected in str(error.value)

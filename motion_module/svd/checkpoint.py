@@ -220,7 +220,8 @@ def build_component(
         config = component.config_from_state_dict(state)
     except (KeyError, ValueError) as error:
         raise SvdCheckpointError(
-            f"{name}: the {component.name} tensors do not describe a network ({error})"
+            f"{name}: the {component.name} tensors (under {component.prefix!r}) do not describe a "
+            f"network ({error})"
         ) from error
     with torch.device("meta"):
         module = component.build(config)
@@ -258,7 +259,7 @@ def load_components(
 
 
 def svd_components() -> list[Component]:
-    """The networks of an official SVD file, each under its sgm prefix."""
+    """The networks of an official SVD file, each under its sgm prefix, in the order a job runs them."""
     from . import image_encoder, unet, vae
 
     return [
@@ -269,6 +270,13 @@ def svd_components() -> list[Component]:
             image_encoder.ImageEncoder,
             ignored=image_encoder.IGNORED_KEYS,
         ),
+        Component(
+            "vae_encoder",
+            vae.ENCODER_PREFIX,
+            vae.encoder_config_from_state_dict,
+            vae.VaeEncoder,
+            ignored=vae.IGNORED_PREFIXES,
+        ),
         Component("unet", UNET_PREFIX, unet.config_from_state_dict, unet.SvdUNet),
-        *vae.components(Component),
+        Component("decoder", DECODER_PREFIX, vae.decoder_config_from_state_dict, vae.TemporalDecoder),
     ]

@@ -1,21 +1,61 @@
 """From one image to SVD frames: load a checkpoint, plan memory, sample, decode.
 
 The adapter (the SVD tab and ``POST /animatediff/v1/svd``) calls only what is defined here.
+
+A job follows Stability's reference sampling for SVD (and diffusers' ``StableVideoDiffusionPipeline``,
+which reproduces it):
+
+1. the picture is scaled to cover ``width`` x ``height``, centre-cropped, and mapped to [-1, 1];
+2. the CLIP image embedding of that picture is the cross-attention context (one token);
+3. the VAE encodes the picture plus ``noise_aug_strength`` x Gaussian noise; the mode of the
+   posterior, unscaled, is concatenated to every frame's noisy latent (4 + 4 = 8 UNet channels);
+4. the unconditional half of classifier-free guidance gets zeros for both the embedding and the
+   conditioning latent; the "vector" conditioning (fps - 1, motion_bucket_id, noise_aug_strength)
+   is the same for both halves;
+5. Euler sampling over the EDM schedule with a guidance scale rising per frame (``sampling``);
+6. the latents divided by the VAE scale factor 0.18215 are decoded ``decode_chunk`` frames per
+   call (the temporal decoder mixes the frames inside one call), clamped, and rounded to 8 bits.
+
+Randomness: one CPU generator seeded with the job's seed draws the conditioning-image noise first
+and the starting latents second (the order of the reference script and of diffusers), so a seed
+gives the same video on any device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from torch import nn
 
-from .checkpoint import SvdCheckpointError
+from .checkpoint import SvdCheckpointError, default_frames_for, load_components, svd_components
+from .image_encoder import embed_image
 from .params import SvdParams
+from .sampling import guidance_ramp, sample_euler, sigma_schedule
+from .unet import time_ids_vector
+from .vae import LATENT_SCALE
 
-__all__ = ["SvdCheckpointError"]
+__all__ = [
+    "MemoryPlan",
+    "SvdCheckpointError",
+    "SvdInterrupted",
+    "SvdMemory",
+    "SvdModel",
+    "SvdResult",
+    "generate",
+    "load_svd",
+    "memory_plan",
+]
+
+LATENT_CHANNELS = 4
+VAE_DOWNSCALE = 8
+GIB = 1024**3
 
 
 class SvdInterrupted(Exception):
@@ -35,15 +75,34 @@ class SvdMemory:
 @dataclass(frozen=True)
 class MemoryPlan:
     """What a job will hold, in bytes, before it runs: weights per component and the largest
-    activation estimate; ``describe()`` is the line the tab and the log show."""
+    activation estimate; ``describe()`` is the line the tab and the log show.
+
+    ``activation_parts`` is the estimate per stage (image encoder, VAE encoder, UNet, decoder);
+    ``activations`` is its largest entry."""
 
     weights: dict[str, int]
     activations: int
     device: str
     offload: bool
+    activation_parts: dict[str, int] = field(default_factory=dict)
+
+    def peak(self) -> int:
+        """Bytes on the device at the worst moment: with offload (on an accelerator) one stage's
+        weights plus its activations; otherwise every weight plus the largest activation."""
+        if self.offload and self.device != "cpu" and self.activation_parts:
+            return max(self.weights.get(stage, 0) + size for stage, size in self.activation_parts.items())
+        return sum(self.weights.values()) + self.activations
 
     def describe(self) -> str:
-        raise NotImplementedError
+        parts = ", ".join(f"{name} {size / GIB:.2f}" for name, size in self.weights.items())
+        worst = max(self.activation_parts, key=self.activation_parts.get, default="")
+        where = f" ({worst})" if worst else ""
+        offload = "on" if self.offload else "off"
+        return (
+            f"SVD memory on {self.device} (offload {offload}): weights {sum(self.weights.values()) / GIB:.2f} GiB "
+            f"({parts}); largest activation {self.activations / GIB:.2f} GiB{where}; "
+            f"peak about {self.peak() / GIB:.2f} GiB"
+        )
 
 
 @dataclass
@@ -67,11 +126,132 @@ class SvdResult:
 def load_svd(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SvdModel:
     """Load ``svd.safetensors`` / ``svd_xt*.safetensors`` (or a ``.ckpt`` through weights-only
     unpickling) strictly; raises ``SvdCheckpointError`` for anything else."""
-    raise NotImplementedError
+    path = Path(path)
+    components = load_components(path, svd_components(), dtype=dtype)
+    return SvdModel(
+        name=path.name, default_frames=default_frames_for(path.name), components=components, dtype=dtype
+    )
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def unet_activation_bytes(config, frames: int, height: int, width: int, ff_chunk: int, item: int) -> int:
+    """Estimate of the UNet's largest live activations for one guided step (both halves: 2 x frames rows).
+
+    The skip connections kept for the up path, plus the working set of the widest layer: a
+    residual block holds about four feature maps; a transformer block its input, the attention
+    output and the feed-forward's 8c-wide GEGLU projection for every token (or ``ff_chunk`` tokens
+    at a time). Attention goes through ``scaled_dot_product_attention``, whose fused kernels do not
+    keep the tokens x tokens score matrix, so it is not counted."""
+    rows = 2 * frames
+    h, w = height // VAE_DOWNSCALE, width // VAE_DOWNSCALE
+    mc = config.model_channels
+    widths = [mc * m for m in config.channel_mult]
+    skips = rows * mc * h * w  # conv_in
+    working = 0
+    for level, channels in enumerate(widths):
+        tokens = (h >> level) * (w >> level)
+        stages = config.num_res_blocks + (1 if level < len(widths) - 1 else 0)
+        skips += stages * rows * channels * tokens
+        per_frame_ff = rows * tokens if not ff_chunk else min(ff_chunk, rows * tokens)
+        block = 4 * rows * channels * tokens
+        if level in config.attention_levels:
+            block = max(block, 3 * rows * channels * tokens + per_frame_ff * 12 * channels)
+        working = max(working, block)
+    return (skips + working) * item
+
+
+def decoder_activation_bytes(top_channels: int, frames: int, height: int, width: int, item: int) -> int:
+    """The temporal decoder at full resolution: about five ``top_channels``-wide maps per frame of
+    one decode call (the residual block's input, its two convolutions, the temporal branch and the
+    mix), plus the decoded pixels."""
+    return frames * (5 * top_channels + 3) * height * width * item
+
+
+def encoder_activation_bytes(top_channels: int, height: int, width: int, item: int) -> int:
+    """The VAE encoder on the one conditioning picture: about four full-resolution maps."""
+    return 4 * top_channels * height * width * item
 
 
 def memory_plan(model: SvdModel, params: SvdParams, memory: SvdMemory, device: torch.device) -> MemoryPlan:
-    raise NotImplementedError
+    """Weights per component from their parameters, activations estimated from the job's frames,
+    size and chunking (see the ``*_activation_bytes`` estimates)."""
+    frames = params.frames or model.default_frames
+    item = torch.empty((), dtype=model.dtype).element_size()
+    parts = model.components
+    chunk = params.decode_chunk or frames
+    activations = {
+        "unet": unet_activation_bytes(
+            parts["unet"].config, frames, params.height, params.width, memory.ff_chunk, item
+        ),
+        "decoder": decoder_activation_bytes(
+            parts["decoder"].config.channels[0], min(chunk, frames), params.height, params.width, item
+        ),
+        "vae_encoder": encoder_activation_bytes(
+            parts["vae_encoder"].config.channels[0], params.height, params.width, item
+        ),
+    }
+    return MemoryPlan(
+        weights={name: _bytes(module) for name, module in parts.items()},
+        activations=max(activations.values()),
+        device=torch.device(device).type,
+        offload=memory.offload,
+        activation_parts=activations,
+    )
+
+
+# --- one job -----------------------------------------------------------------------------------
+
+
+def prepare_image(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """``[1, 3, height, width]`` float32 in [-1, 1]: scaled (Lanczos) to cover the frame, then
+    centre-cropped, so the picture is never stretched. A picture already at the size is untouched."""
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)  # [h, w, 3]
+    return pixels.permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def to_pil(frames: torch.Tensor) -> list[Image.Image]:
+    """``[f, 3, h, w]`` in [-1, 1] -> 8-bit pictures (clamped, rounded to the nearest level)."""
+    pixels = ((frames.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in pixels.cpu()]
+
+
+def pick_seed(seed: int) -> int:
+    return seed if seed >= 0 else random.SystemRandom().randrange(2**32)
+
+
+@contextmanager
+def running(module: nn.Module, device: torch.device, offload: bool) -> Iterator[nn.Module]:
+    """``module`` on ``device`` for the block; back on the CPU afterwards when offloading."""
+    module.to(device)
+    try:
+        yield module
+    finally:
+        if offload:
+            module.to("cpu")
+
+
+def guided_unet(
+    unet: nn.Module, concat: torch.Tensor, context: torch.Tensor, vector: torch.Tensor, frames: int, dtype
+) -> Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]:
+    """The UNet as ``sampling`` calls it: one batch of 2 x frames rows (unconditional first), each
+    row's noisy latent followed by its conditioning latent; returns the two halves in float32."""
+
+    def network(scaled: torch.Tensor, c_noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([torch.cat([scaled, scaled]).to(dtype), concat], dim=1)  # [2f, 8, h, w]
+        timesteps = torch.full((x.shape[0],), c_noise, device=x.device, dtype=torch.float32)
+        out = unet(x, timesteps, context, vector, num_frames=frames).float()
+        return out[:frames], out[frames:]
+
+    return network
 
 
 def generate(
@@ -89,4 +269,48 @@ def generate(
     ``should_stop()`` before each step: when it says so, sampling stops and the last denoised
     estimate is decoded (``interrupted=True``), or ``SvdInterrupted`` if no step finished.
     ``params.seed`` -1 picks a seed, reported in the result."""
-    raise NotImplementedError
+    device = torch.device(device)
+    parts, dtype = model.components, model.dtype
+    frames = params.frames or model.default_frames
+    height, width = params.height, params.width
+    seed = pick_seed(params.seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    pixels = prepare_image(image, width, height)
+    image_noise = torch.randn(pixels.shape, generator=generator)
+    latent_shape = (frames, LATENT_CHANNELS, height // VAE_DOWNSCALE, width // VAE_DOWNSCALE)
+    noise = torch.randn(latent_shape, generator=generator).to(device)
+    if not memory.offload:
+        for module in parts.values():
+            module.to(device)
+
+    with torch.inference_mode():
+        with running(parts["image_encoder"], device, memory.offload) as encoder:
+            embedding = embed_image(encoder, pixels.to(device, dtype))  # [1, d]
+        with running(parts["vae_encoder"], device, memory.offload) as encoder:
+            augmented = pixels + params.noise_aug_strength * image_noise
+            latent = encoder.encode(augmented.to(device, dtype))  # [1, 4, h, w], the mode, unscaled
+
+        context = torch.cat([torch.zeros_like(embedding), embedding])  # [2, d]: uncond, cond
+        context = context.repeat_interleave(frames, dim=0)[:, None]  # [2f, 1, d]
+        concat = torch.cat([torch.zeros_like(latent), latent]).repeat_interleave(
+            frames, dim=0
+        )  # [2f, 4, h, w]
+        vector = time_ids_vector(
+            params.fps - 1, params.motion_bucket_id, params.noise_aug_strength, 2 * frames
+        )
+        with running(parts["unet"], device, memory.offload) as unet:
+            unet.set_ff_chunk(memory.ff_chunk)
+            network = guided_unet(unet, concat, context, vector.to(device, dtype), frames, dtype)
+            ramp = guidance_ramp(params.min_guidance, params.max_guidance, frames)
+            outcome = sample_euler(
+                network, noise, sigma_schedule(params.steps), ramp, on_step=on_step, should_stop=should_stop
+            )
+        if outcome.interrupted and outcome.steps_done == 0:
+            raise SvdInterrupted("SVD: stopped before the first sampling step finished")
+
+        with running(parts["decoder"], device, memory.offload) as decoder:
+            latents = (outcome.latents / LATENT_SCALE).to(dtype)
+            pixels_out = decoder.decode(latents, num_frames=frames, chunk_size=params.decode_chunk)
+    return SvdResult(
+        frames=to_pil(pixels_out), seed=seed, steps_done=outcome.steps_done, interrupted=outcome.interrupted
+    )
