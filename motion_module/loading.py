@@ -74,8 +74,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
                 f"{path.name} is a pickle that needs code execution to load, so it was refused "
                 f"(nothing in it ran). Use a .safetensors version of this model. Detail: {str(error).splitlines()[0]}"
             ) from error
-        except (RuntimeError, EOFError) as error:  # a truncated or foreign file
-            raise MotionModuleLoadError(f"{path.name} is not a readable checkpoint ({error})") from error
+        # A truncated or foreign file: the unpickler trips on junk in many ways.
+        except (RuntimeError, EOFError, IndexError, KeyError, TypeError, ValueError) as error:
+            raise MotionModuleLoadError(
+                f"{path.name} is not a readable checkpoint ({type(error).__name__}: {error})"
+            ) from error
     raise MotionModuleLoadError(
         f"{path.name}: unsupported file type {suffix!r}; use .safetensors, .ckpt, .pt or .pth"
     )

@@ -224,7 +224,7 @@ def test_partial_file_names_what_is_missing(tmp_path) -> None:
             b"\x00\x01not a safetensors file" * 10,
             "junk.safetensors: not a readable .safetensors file",
         ),
-        ("junk.ckpt", b"random bytes, not a pickle" * 10, "junk.ckpt: not a readable checkpoint"),
+        ("junk.ckpt", b"random bytes, not a pickle" * 10, "junk.ckpt is not a readable checkpoint"),
         ("model.pt", b"", "unsupported file type '.pt'"),
     ],
 )

@@ -89,12 +89,7 @@ class TensorFile:
                     raise MotionModuleLoadError(f"not a readable .safetensors file ({error})") from error
                 self.keys = list(self._handle.keys())
             else:
-                try:
-                    self._loaded = tensors_only(read_state_dict(path))
-                except (IndexError, KeyError, TypeError, ValueError) as error:  # junk the unpickler trips on
-                    raise MotionModuleLoadError(
-                        f"not a readable checkpoint ({type(error).__name__}: {error})"
-                    ) from error
+                self._loaded = tensors_only(read_state_dict(path))
                 self.keys = list(self._loaded)
         except MotionModuleLoadError as error:
             message = str(error)

@@ -65,8 +65,9 @@ class SvdInterrupted(Exception):
 @dataclass(frozen=True)
 class SvdMemory:
     """Memory settings (the WebUI's Settings page): ``offload`` keeps each component on the CPU
-    except while it runs (image encoder, then UNet, then decoder); ``ff_chunk`` splits the UNet's
-    temporal feed-forward layers into chunks of that many rows (0 = no chunking)."""
+    except while it runs (image encoder, then UNet, then decoder); ``ff_chunk`` splits every
+    feed-forward of the UNet's transformers (spatial and temporal, which need the same wide
+    intermediate) into chunks of that many rows (0 = no chunking)."""
 
     offload: bool = True
     ff_chunk: int = 0
