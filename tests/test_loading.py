@@ -152,6 +152,14 @@ def test_unsupported_suffix_and_foreign_file(tmp_path) -> None:
         load_motion_module(path)
 
 
+@pytest.mark.parametrize("content", [b"random bytes, not a pickle" * 10, b""])
+def test_junk_ckpt_is_refused_as_unreadable(tmp_path, content) -> None:
+    path = tmp_path / "junk.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(MotionModuleLoadError, match="junk.ckpt is not a readable checkpoint"):
+        load_motion_module(path)
+
+
 def test_cache_keeps_module_while_file_unchanged(tmp_path) -> None:
     path = tmp_path / "mm_sd_v15.safetensors"
     save_file(make_mm_state_dict(Family.V1), str(path))
