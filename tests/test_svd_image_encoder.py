@@ -3,12 +3,11 @@ pipeline (the same weights, mapped key by key), plus config inference from shape
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from svd_peers import transformers_image_encoder
 
 from motion_module.svd import image_encoder as ie
 
@@ -34,67 +33,9 @@ def randomized(config: ie.ImageEncoderConfig, seed: int = 0) -> ie.ImageEncoder:
     return model.eval()
 
 
-def to_transformers(ours: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
-    """OpenCLIP visual keys → CLIPVisionModelWithProjection keys; each source key used once."""
-    fixed = {
-        "conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-        "class_embedding": "vision_model.embeddings.class_embedding",
-        "positional_embedding": "vision_model.embeddings.position_embedding.weight",
-        "ln_pre.weight": "vision_model.pre_layrnorm.weight",
-        "ln_pre.bias": "vision_model.pre_layrnorm.bias",
-        "ln_post.weight": "vision_model.post_layernorm.weight",
-        "ln_post.bias": "vision_model.post_layernorm.bias",
-    }
-    inner = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj"}
-    inner |= {"mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    out: dict[str, torch.Tensor] = {}
-
-    def put(key: str, value: torch.Tensor) -> None:
-        assert key not in out, f"{key} filled twice"
-        out[key] = value
-
-    for key, value in ours.items():
-        if key in fixed:
-            put(fixed[key], value)
-            continue
-        if key == "proj":
-            put("visual_projection.weight", value.t())
-            continue
-        m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)[._](weight|bias)", key)  # in_proj_weight: "_"
-        assert m, f"unmapped key {key}"
-        layer, name, kind = m.groups()
-        base = f"vision_model.encoder.layers.{layer}."
-        if name == "attn.in_proj":
-            for part, chunk in zip("qkv", value.split(width), strict=True):
-                put(f"{base}self_attn.{part}_proj.{kind}", chunk)
-        else:
-            put(f"{base}{inner[name]}.{kind}", value)
-    return out
-
-
-def transformers_peer(ours: ie.ImageEncoder):
-    c = ours.config
-    config = transformers.CLIPVisionConfig(
-        hidden_size=c.width,
-        intermediate_size=c.mlp_width,
-        num_hidden_layers=c.layers,
-        num_attention_heads=c.heads,
-        image_size=c.image_size,
-        patch_size=c.patch_size,
-        projection_dim=c.output_dim,
-        hidden_act="gelu",
-        layer_norm_eps=1e-5,
-    )
-    peer = transformers.CLIPVisionModelWithProjection(config).eval()
-    mapped = to_transformers(ours.state_dict(), c.width)
-    assert set(mapped) == set(peer.state_dict()), "every peer key filled exactly once"
-    peer.load_state_dict(mapped, strict=True)
-    return peer
-
-
 def test_tower_matches_transformers_clip_vision_model():
     ours = randomized(TINY)
-    peer = transformers_peer(ours)
+    peer = transformers_image_encoder(ours)
     pixels = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected = peer(pixel_values=pixels).image_embeds
@@ -108,7 +49,7 @@ def test_whole_embedding_matches_diffusers_encode_image():
     """PIL image → diffusers' ``_encode_image`` (its antialiased resize, CLIPImageProcessor, the
     vision model) against ``embed_image`` on the same picture in [-1, 1]."""
     ours = randomized(TINY, seed=1)
-    peer = transformers_peer(ours)
+    peer = transformers_image_encoder(ours)
     rng = np.random.default_rng(0)
     picture = Image.fromarray(rng.integers(0, 256, (300, 420, 3), dtype=np.uint8))
     stub = type("Pipe", (), {})()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from svd_factory import write_tiny_svd
+from svd_peers import diffusers_pipeline
 
 from motion_module.svd.params import SvdParams
 from motion_module.svd.pipeline import (
@@ -173,61 +174,6 @@ def test_memory_plan(model) -> None:
 # --- the whole job against diffusers ----------------------------------------------------------
 
 
-def diffusers_pipeline(model):
-    """diffusers' StableVideoDiffusionPipeline holding the same weights as ``model``."""
-    diffusers = pytest.importorskip("diffusers")
-    transformers = pytest.importorskip("transformers")
-    from test_svd_image_encoder import transformers_peer
-    from test_svd_sampling import SVD_SCHEDULER_CONFIG
-    from test_svd_unet import sgm_to_diffusers
-    from test_svd_vae import to_diffusers
-
-    unet, encoder, decoder = (model.components[n] for n in ("unet", "vae_encoder", "decoder"))
-    cfg = unet.config
-    widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
-    attends = [level in cfg.attention_levels for level in range(len(widths))]
-    peer_unet = diffusers.UNetSpatioTemporalConditionModel(
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        down_block_types=tuple(
-            "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in attends
-        ),
-        up_block_types=tuple(
-            "CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in reversed(attends)
-        ),
-        block_out_channels=widths,
-        addition_time_embed_dim=cfg.adm_in_channels // 3,
-        projection_class_embeddings_input_dim=cfg.adm_in_channels,
-        layers_per_block=cfg.num_res_blocks,
-        cross_attention_dim=cfg.context_dim,
-        transformer_layers_per_block=cfg.transformer_depth,
-        num_attention_heads=tuple(w // cfg.head_dim for w in widths),
-    ).eval()
-    for name, module in peer_unet.named_modules():  # the reference's resnets use eps 1e-5 throughout
-        if ".resnets." in name and isinstance(module, torch.nn.GroupNorm):
-            module.eps = 1e-5
-    peer_unet.load_state_dict(
-        {sgm_to_diffusers(k, cfg): v for k, v in unet.state_dict().items()}, strict=True
-    )
-    levels = len(encoder.config.channels)
-    peer_vae = diffusers.AutoencoderKLTemporalDecoder(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        block_out_channels=encoder.config.channels,
-        layers_per_block=encoder.config.res_blocks,
-        latent_channels=encoder.config.embed_dim,
-    ).eval()
-    peer_vae.load_state_dict(to_diffusers(encoder.state_dict(), decoder.state_dict(), levels), strict=True)
-    return diffusers.StableVideoDiffusionPipeline(
-        vae=peer_vae,
-        image_encoder=transformers_peer(model.components["image_encoder"]),
-        unet=peer_unet,
-        scheduler=diffusers.EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG),
-        feature_extractor=transformers.CLIPImageProcessor(),
-    )
-
-
 @pytest.mark.parametrize("decode_chunk", [0, 1])
 def test_whole_job_equals_diffusers_svd_pipeline(model, picture, decode_chunk) -> None:
     params = dataclasses.replace(
@@ -240,8 +186,10 @@ def test_whole_job_equals_diffusers_svd_pipeline(model, picture, decode_chunk) -
         noise_aug_strength=0.1,
         decode_chunk=decode_chunk,
     )
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
     ours = arrays(generate(model, picture, params, device=CPU)).astype(np.float64) / 255
-    pipe = diffusers_pipeline(model)
+    pipe = diffusers_pipeline(model.components)
     with torch.no_grad():
         theirs = pipe(
             picture,

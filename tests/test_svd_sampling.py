@@ -1,7 +1,7 @@
 """SVD sampling: sigmas, preconditioning, CFG ramp and Euler steps against diffusers and by hand.
 
 The peer is diffusers' ``EulerDiscreteScheduler`` configured as the official SVD / SVD-XT
-repositories' ``scheduler/scheduler_config.json`` (``SVD_SCHEDULER_CONFIG`` below).
+repositories' ``scheduler/scheduler_config.json`` (``svd_peers.SVD_SCHEDULER_CONFIG``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from svd_peers import diffusers_scheduler
 
 from motion_module.svd.sampling import (
     SIGMA_MAX,
@@ -26,28 +27,9 @@ from motion_module.svd.sampling import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# The scheduler config shipped with stabilityai/stable-video-diffusion-img2vid(-xt) (diffusers format).
-SVD_SCHEDULER_CONFIG = {
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "v_prediction",
-    "sigma_max": 700.0,
-    "sigma_min": 0.002,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "timestep_type": "continuous",
-    "trained_betas": None,
-    "use_karras_sigmas": True,
-}
-
 
 def svd_scheduler(steps: int):
-    from diffusers import EulerDiscreteScheduler
-
-    scheduler = EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG)
+    scheduler = diffusers_scheduler()
     scheduler.set_timesteps(steps)
     return scheduler
 

@@ -4,10 +4,10 @@ plus config recovery, strict loading, feed-forward chunking and the image-only m
 from __future__ import annotations
 
 import copy
-import re
 
 import pytest
 import torch
+from svd_peers import diffusers_unet
 
 from motion_module.svd.unet import (
     SvdUNet,
@@ -20,15 +20,15 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread beats two contending
 
 # Three levels like SVD's four in miniature: attention at all but the last, 2 res blocks per level.
+TIME_ID_WIDTH = 8
 TINY = SvdUNetConfig(
     model_channels=32,
     channel_mult=(1, 2, 2),
     attention_levels=(0, 1),
     head_dim=16,
     context_dim=24,
-    adm_in_channels=3 * 8,
+    adm_in_channels=3 * TIME_ID_WIDTH,
 )
-TIME_ID_WIDTH = 8
 VIDEOS, FRAMES = 2, 3
 ATOL = 1e-5  # float32; measured differences are about 5e-6 on outputs of std 0.5
 ATOL_FLOAT64 = 1e-12  # float64; measured differences are about 7e-15
@@ -46,107 +46,12 @@ def _tiny_unet(seed: int = 0) -> SvdUNet:
     return unet
 
 
-def _diffusers_twin() -> torch.nn.Module:
-    widths = tuple(TINY.model_channels * m for m in TINY.channel_mult)
-    model = diffusers.UNetSpatioTemporalConditionModel(
-        in_channels=TINY.in_channels,
-        out_channels=TINY.out_channels,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
-        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2,
-        block_out_channels=widths,
-        addition_time_embed_dim=TIME_ID_WIDTH,
-        projection_class_embeddings_input_dim=TINY.adm_in_channels,
-        layers_per_block=TINY.num_res_blocks,
-        cross_attention_dim=TINY.context_dim,
-        transformer_layers_per_block=TINY.transformer_depth,
-        num_attention_heads=tuple(w // TINY.head_dim for w in widths),
-    ).eval()
-    # sgm's ResBlocks all use GroupNorm eps 1e-5; diffusers builds the resnets of its down blocks
-    # with attention with 1e-6. Align the peer so the comparison tests the layout, not that constant.
-    for name, module in model.named_modules():
-        if ".resnets." in name and isinstance(module, torch.nn.GroupNorm):
-            module.eps = 1e-5
-    return model
-
-
-RESNET_RENAMES = {
-    "in_layers.0": "spatial_res_block.norm1",
-    "in_layers.2": "spatial_res_block.conv1",
-    "emb_layers.1": "spatial_res_block.time_emb_proj",
-    "out_layers.0": "spatial_res_block.norm2",
-    "out_layers.3": "spatial_res_block.conv2",
-    "skip_connection": "spatial_res_block.conv_shortcut",
-    "time_stack.in_layers.0": "temporal_res_block.norm1",
-    "time_stack.in_layers.2": "temporal_res_block.conv1",
-    "time_stack.emb_layers.1": "temporal_res_block.time_emb_proj",
-    "time_stack.out_layers.0": "temporal_res_block.norm2",
-    "time_stack.out_layers.3": "temporal_res_block.conv2",
-    "time_mixer": "time_mixer",
-}
-FIXED_RENAMES = {
-    "time_embed.0": "time_embedding.linear_1",
-    "time_embed.2": "time_embedding.linear_2",
-    "label_emb.0.0": "add_embedding.linear_1",
-    "label_emb.0.2": "add_embedding.linear_2",
-    "input_blocks.0.0": "conv_in",
-    "out.0": "conv_norm_out",
-    "out.2": "conv_out",
-}
-
-
-def _rename_inside(rest: str, is_resnet: bool) -> str:
-    """A key below one layer: ResBlock parts get diffusers' resnet names; transformer parts keep
-    theirs except the temporal stack and the position-embedding MLP."""
-    if is_resnet:
-        for old, new in sorted(RESNET_RENAMES.items(), key=lambda kv: -len(kv[0])):
-            if rest.startswith(old + "."):
-                return new + rest[len(old) :]
-        raise AssertionError(f"unmapped resnet key part {rest}")
-    rest = re.sub(r"^time_stack\.", "temporal_transformer_blocks.", rest)
-    rest = re.sub(r"^time_pos_embed\.0\.", "time_pos_embed.linear_1.", rest)
-    return re.sub(r"^time_pos_embed\.2\.", "time_pos_embed.linear_2.", rest)
-
-
-def sgm_to_diffusers(key: str, config: SvdUNetConfig) -> str:
-    """Map one checkpoint (sgm) key to diffusers' name, from the two layouts: input block
-    ``1 + level*(n+1) + j`` is down block ``level`` layer ``j`` (``level*(n+1) + n+1`` its
-    downsampler); output block ``i*(n+1) + j`` is up block ``i`` layer ``j`` (its upsampler last)."""
-    for old, new in FIXED_RENAMES.items():
-        if key.startswith(old + "."):
-            return new + key[len(old) :]
-    per_level = config.num_res_blocks + 1
-    middle = re.fullmatch(r"middle_block\.(\d)\.(.*)", key)
-    if middle:  # resnet, transformer, resnet
-        index, rest = int(middle.group(1)), middle.group(2)
-        prefix = {0: "mid_block.resnets.0", 1: "mid_block.attentions.0", 2: "mid_block.resnets.1"}[index]
-        return f"{prefix}.{_rename_inside(rest, index != 1)}"
-    match = re.fullmatch(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.*)", key)
-    assert match, key
-    part, index, layer, rest = match.group(1), int(match.group(2)), int(match.group(3)), match.group(4)
-    if part == "input_blocks":
-        level, j = divmod(index - 1, per_level)
-        if j == config.num_res_blocks:
-            return f"down_blocks.{level}.downsamplers.0.conv.{rest.removeprefix('op.')}"
-        kind = "resnets" if layer == 0 else "attentions"
-        return f"down_blocks.{level}.{kind}.{j}.{_rename_inside(rest, layer == 0)}"
-    level, j = divmod(index, per_level)
-    if rest.startswith("conv."):
-        return f"up_blocks.{level}.upsamplers.0.{rest}"
-    kind = "resnets" if layer == 0 else "attentions"
-    return f"up_blocks.{level}.{kind}.{j}.{_rename_inside(rest, layer == 0)}"
-
-
 @pytest.fixture(scope="module")
 def twins() -> tuple[SvdUNet, torch.nn.Module]:
     """Our tiny UNet and diffusers' loaded with the same weights (built once: diffusers' model
     takes seconds to build; tests work on copies)."""
-    ours, theirs = _tiny_unet(), _diffusers_twin()
-    ours_sd, theirs_keys = ours.state_dict(), set(theirs.state_dict())
-    mapped = {sgm_to_diffusers(key, TINY): value for key, value in ours_sd.items()}
-    assert len(mapped) == len(ours_sd), "two of our keys map to one diffusers key"
-    assert set(mapped) == theirs_keys, (sorted(set(mapped) - theirs_keys), sorted(theirs_keys - set(mapped)))
-    theirs.load_state_dict(mapped, strict=True)
-    return ours, theirs
+    ours = _tiny_unet()
+    return ours, diffusers_unet(ours)
 
 
 def _inputs(height: int, width: int, seed: int = 1):

@@ -3,11 +3,9 @@ and the SVD pipeline's own encode/decode helpers (the same weights, mapped key b
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
-from diffusers import AutoencoderKLTemporalDecoder
+from svd_peers import diffusers_vae, vae_resnet_key
 
 from motion_module.svd import vae
 
@@ -23,21 +21,6 @@ ENCODER = vae.EncoderConfig(in_channels=3, channels=(32, 64), res_blocks=2, z_ch
 DECODER = vae.DecoderConfig(
     z_channels=4, channels=(32, 64), res_blocks=2, out_channels=3, time_kernel=(3, 1, 1)
 )
-
-RESNET = {
-    "norm1": "norm1",
-    "conv1": "conv1",
-    "norm2": "norm2",
-    "conv2": "conv2",
-    "nin_shortcut": "conv_shortcut",
-}
-TIME_STACK = {
-    "in_layers.0": "norm1",
-    "in_layers.2": "conv1",
-    "out_layers.0": "norm2",
-    "out_layers.3": "conv2",
-}
-ATTENTION = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
 
 def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -55,75 +38,12 @@ def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-def _resnet_key(rest: str, temporal: bool) -> str:
-    """Inside one (Video)ResBlock: ldm suffix → diffusers suffix."""
-    if rest == "mix_factor":
-        return "time_mixer.mix_factor"
-    if rest.startswith("time_stack."):
-        layer, kind = rest[len("time_stack.") :].rsplit(".", 1)
-        return f"temporal_res_block.{TIME_STACK[layer]}.{kind}"
-    layer, kind = rest.rsplit(".", 1)
-    return ("spatial_res_block." if temporal else "") + f"{RESNET[layer]}.{kind}"
-
-
-def _attention(rest: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
-    layer, kind = rest.rsplit(".", 1)
-    if kind == "weight" and value.ndim == 4:  # 1x1 conv → linear
-        value = value[:, :, 0, 0]
-    return f"{ATTENTION[layer]}.{kind}", value
-
-
-def _rename(key: str, value: torch.Tensor, level: str, index, temporal: bool) -> tuple[str, torch.Tensor]:
-    """One ldm Encoder/Decoder key → diffusers (``level`` is "down" or "up"; ``index`` maps the
-    level number, reversed for the decoder whose diffusers blocks run lowest resolution first)."""
-    if m := re.fullmatch(rf"{level}\.(\d+)\.block\.(\d+)\.(.+)", key):
-        return f"{level}_blocks.{index(int(m[1]))}.resnets.{m[2]}.{_resnet_key(m[3], temporal)}", value
-    if m := re.fullmatch(rf"{level}\.(\d+)\.{level}sample\.conv\.(\w+)", key):
-        return f"{level}_blocks.{index(int(m[1]))}.{level}samplers.0.conv.{m[2]}", value
-    if m := re.fullmatch(r"mid\.block_(\d)\.(.+)", key):
-        return f"mid_block.resnets.{int(m[1]) - 1}.{_resnet_key(m[2], temporal)}", value
-    if m := re.fullmatch(r"mid\.attn_1\.(.+)", key):
-        name, value = _attention(m[1], value)
-        return f"mid_block.attentions.0.{name}", value
-    if key.startswith("conv_out.time_mix_conv."):
-        return "time_conv_out." + key.rsplit(".", 1)[1], value
-    return key.replace("norm_out", "conv_norm_out"), value  # conv_in, conv_out
-
-
-def to_diffusers(encoder_sd: dict, decoder_sd: dict, levels: int) -> dict[str, torch.Tensor]:
-    """Both components' ldm keys → AutoencoderKLTemporalDecoder keys; each key filled once."""
-    out = {k: v for k, v in encoder_sd.items() if k.startswith("quant_conv.")}
-    encoder_only = {k[len("encoder.") :]: v for k, v in encoder_sd.items() if k.startswith("encoder.")}
-    assert len(out) + len(encoder_only) == len(encoder_sd)
-    parts = [
-        ("encoder.", encoder_only, "down", lambda i: i, False),
-        ("decoder.", decoder_sd, "up", lambda i: levels - 1 - i, True),
-    ]
-    for prefix, state_dict, level, index, temporal in parts:
-        for key, value in state_dict.items():
-            name, value = _rename(key, value, level, index, temporal)
-            assert prefix + name not in out, f"{prefix + name} filled twice"
-            out[prefix + name] = value
-    return out
-
-
 @pytest.fixture(scope="module")
 def models():
     encoder = randomized(vae.VaeEncoder(ENCODER), seed=0)
     decoder = randomized(vae.TemporalDecoder(DECODER), seed=1)
-    peer = AutoencoderKLTemporalDecoder(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        latent_channels=4,
-    ).eval()
-    mapped = to_diffusers(encoder.state_dict(), decoder.state_dict(), levels=2)
-    assert set(mapped) == set(peer.state_dict()), "every peer key filled exactly once"
-    peer.load_state_dict(mapped, strict=True)
-    stub = type("Pipe", (), {})()
-    stub.vae = peer
+    stub = type("Pipe", (), {})()  # what the pipeline's encode/decode helpers read from self
+    stub.vae = diffusers_vae(encoder, decoder)
     return encoder, decoder, stub
 
 
@@ -255,7 +175,7 @@ def test_norm_epsilons_match_on_small_activations():
         merge_strategy="learned",
         switch_spatial_to_temporal_mix=True,
     ).eval()
-    peer.load_state_dict({_resnet_key(k, True): v for k, v in ours.state_dict().items()}, strict=True)
+    peer.load_state_dict({vae_resnet_key(k, True): v for k, v in ours.state_dict().items()}, strict=True)
     torch.manual_seed(8)
     x = torch.randn(3, 32, 4, 4) * 1e-3
     with torch.no_grad():
