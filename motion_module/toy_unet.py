@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from .ldm_layers import Downsample, Upsample, timestep_embedding
 from .model import SitePlan
 
 
@@ -66,24 +67,6 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(t)
 
 
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-
-
 class TimestepEmbedSequential(nn.Sequential):
     """Hands each layer what it takes: ResBlocks the embedding, transformers the context."""
 
@@ -96,13 +79,6 @@ class TimestepEmbedSequential(nn.Sequential):
             else:
                 x = layer(x)  # convs, resampling, and injected motion blocks
         return x
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-    args = timesteps.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class ToyUNet(nn.Module):

@@ -17,15 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..toy_unet import Downsample  # ldm's stride-2 conv under ``op``, the same layer here
-from .unet_blocks import (
-    ConditionedLayer,
-    FrameConditioning,
-    GroupNorm32,
-    Upsample,
-    VideoResBlock,
-    timestep_embedding,
-)
+from ..ldm_layers import Downsample, GroupNorm32, Upsample, timestep_embedding
+from .unet_blocks import ConditionedLayer, FrameConditioning, VideoResBlock
 from .unet_transformer import SpatialVideoTransformer
 
 OFFICIAL_HEAD_DIM = 64  # sgm's num_head_channels for SVD; the weights' shapes do not tell it

@@ -9,12 +9,13 @@ spatial tokens, d context width. Frames of one video are consecutive rows: ``(b 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ldm_layers import GroupNorm32
 
 
 @dataclass(frozen=True)
@@ -27,35 +28,6 @@ class FrameConditioning:
     context: torch.Tensor
     num_frames: int
     image_only_indicator: torch.Tensor
-
-
-def timestep_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) values, float32 ``[n] -> [n, dim]``: the
-    cosines first, then the sines, frequencies ``max_period ** (-i / (dim // 2))``. This is sgm's
-    ``timestep_embedding`` and diffusers' ``Timesteps(dim, flip_sin_to_cos=True,
-    downscale_freq_shift=0)``; an odd ``dim`` gets one zero column at the end."""
-    half = dim // 2
-    steps = torch.arange(half, dtype=torch.float32, device=values.device)
-    freqs = torch.exp(-math.log(max_period) * steps / half)  # sgm's order of float32 operations
-    args = values.float()[:, None] * freqs[None]  # [n, half]
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        embedding = F.pad(embedding, (0, 1))
-    return embedding
-
-
-class GroupNorm32(nn.GroupNorm):
-    """32-group GroupNorm computed in at least float32 whatever the weights' dtype, as sgm's
-    ``GroupNorm32`` does (half-precision statistics over a whole 5-D video tensor lose too much);
-    float64 stays float64 so the model can be checked in double precision."""
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__(32, channels, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        out = F.group_norm(x.to(dtype), self.num_groups, self.weight.to(dtype), self.bias.to(dtype), self.eps)
-        return out.to(x.dtype)
 
 
 class LearnedMix(nn.Module):
@@ -208,20 +180,3 @@ class VideoResBlock(ResBlock, ConditionedLayer):
         alpha = self.time_mixer.alpha(cond.image_only_indicator)[:, None, :, None, None]  # [b, 1, f, 1, 1]
         mixed = self.time_mixer(video, temporal, alpha)
         return mixed.transpose(1, 2).flatten(0, 1)  # [b, c, f, h, w] -> [(b f), c, h, w]
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour upscaling, then a 3x3 convolution (``conv``). ``size`` is the skip
-    connection's height and width: twice the input for sizes divisible by the UNet's total
-    downscale, one less than twice where a stride-2 convolution rounded an odd size up."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-        if size is None:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        else:
-            x = F.interpolate(x, size=size, mode="nearest")
-        return self.conv(x)

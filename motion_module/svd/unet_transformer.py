@@ -10,15 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .unet_blocks import (
-    Attention,
-    ConditionedLayer,
-    FeedForward,
-    FrameConditioning,
-    GroupNorm32,
-    LearnedMix,
-    timestep_embedding,
-)
+from ..ldm_layers import GroupNorm32, timestep_embedding
+from .unet_blocks import Attention, ConditionedLayer, FeedForward, FrameConditioning, LearnedMix
 
 
 class SpatialBlock(nn.Module):

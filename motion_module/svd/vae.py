@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ldm_layers import GroupNorm32, Upsample
+
 ENCODER_PREFIX = "conditioner.embedders.3.encoder."
 DECODER_PREFIX = "first_stage_model.decoder."
 
@@ -184,7 +186,8 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 conv after padding one row/column at the bottom/right only (as trained)."""
+    """Stride-2 3x3 conv after padding one row/column at the bottom/right only (as trained; the
+    UNet's ``ldm_layers.Downsample`` pads every side)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -192,17 +195,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour 2x, then a 3x3 conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Level(nn.Module):
@@ -278,14 +270,6 @@ class VaeEncoder(nn.Module):
 # --- the temporal decoder ----------------------------------------------------------------------
 
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back, as the reference's temporal blocks do."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight.float(), self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
-
-
 class TemporalResBlock(nn.Module):
     """The reference's ``time_stack``: a ResBlock of 3-D convs over (frames, h, w) with names
     ``in_layers.{0,2}`` / ``out_layers.{0,3}`` (norm, swish, conv; norm, swish, dropout, conv).
@@ -295,10 +279,10 @@ class TemporalResBlock(nn.Module):
         super().__init__()
         padding = tuple(k // 2 for k in kernel)
         self.in_layers = nn.Sequential(
-            GroupNorm32(GROUPS, channels), nn.SiLU(), nn.Conv3d(channels, channels, kernel, padding=padding)
+            GroupNorm32(channels), nn.SiLU(), nn.Conv3d(channels, channels, kernel, padding=padding)
         )
         self.out_layers = nn.Sequential(
-            GroupNorm32(GROUPS, channels),
+            GroupNorm32(channels),
             nn.SiLU(),
             nn.Dropout(0.0),
             nn.Conv3d(channels, channels, kernel, padding=padding),
