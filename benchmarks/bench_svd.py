@@ -51,11 +51,11 @@ def official_meta_model(name: str = "svd_xt.safetensors", dtype: torch.dtype = t
         components = {
             "image_encoder": image_encoder.ImageEncoder(OFFICIAL_IMAGE_ENCODER),
             "vae_encoder": vae.VaeEncoder(
-                vae.EncoderConfig(3, OFFICIAL_VAE_CHANNELS, res_blocks=2, z_channels=4, embed_dim=4)
+                vae.VaeEncoderConfig(3, OFFICIAL_VAE_CHANNELS, res_blocks=2, z_channels=4, embed_dim=4)
             ),
             "unet": unet.SvdUNet(unet.SvdUNetConfig()),
             "decoder": vae.TemporalDecoder(
-                vae.DecoderConfig(
+                vae.TemporalDecoderConfig(
                     4, OFFICIAL_VAE_CHANNELS, res_blocks=2, out_channels=3, time_kernel=(3, 1, 1)
                 )
             ),

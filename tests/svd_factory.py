@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import save_file
 
 from motion_module.svd import image_encoder, unet, vae
-from motion_module.svd.checkpoint import DECODER_PREFIX, UNET_PREFIX
 
 # Small but complete: every level kind the real networks have (the VAE keeps its 4 levels so
 # latents stay 8 times smaller than pixels). The image encoder keeps SVD's 224-pixel input (the
@@ -34,10 +33,10 @@ TINY_IMAGE_ENCODER = image_encoder.ImageEncoderConfig(
     width=80, layers=1, heads=1, mlp_width=160, patch_size=32, image_size=224, output_dim=TINY_CONTEXT
 )
 TINY_VAE_CHANNELS = (32, 32, 32, 32)
-TINY_VAE_ENCODER = vae.EncoderConfig(
+TINY_VAE_ENCODER = vae.VaeEncoderConfig(
     in_channels=3, channels=TINY_VAE_CHANNELS, res_blocks=2, z_channels=4, embed_dim=4
 )
-TINY_DECODER = vae.DecoderConfig(
+TINY_DECODER = vae.TemporalDecoderConfig(
     z_channels=4, channels=TINY_VAE_CHANNELS, res_blocks=2, out_channels=3, time_kernel=(3, 1, 1)
 )
 TEXT_WIDTH = 16  # the OpenCLIP text remnants' width (never loaded)
@@ -74,8 +73,8 @@ def tiny_svd_state_dict(
         state = {
             **_prefixed(image_encoder.PREFIX, _randomized(image_encoder.ImageEncoder(TINY_IMAGE_ENCODER))),
             **_prefixed(vae.ENCODER_PREFIX, _randomized(vae.VaeEncoder(TINY_VAE_ENCODER))),
-            **_prefixed(UNET_PREFIX, _randomized(unet.SvdUNet(unet_config))),
-            **_prefixed(DECODER_PREFIX, decoder),
+            **_prefixed(unet.PREFIX, _randomized(unet.SvdUNet(unet_config))),
+            **_prefixed(vae.DECODER_PREFIX, decoder),
             # accepted and ignored: the first stage's own encoder and the conditioner's 2-D decoder
             **_prefixed("first_stage_model.encoder.", vae.VaeEncoder(TINY_VAE_ENCODER).encoder),
             **{

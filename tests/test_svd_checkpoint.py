@@ -17,7 +17,7 @@ from torch import nn
 
 from motion_module.svd.checkpoint import (
     DECODER_PREFIX,
-    IMAGE_EMBEDDER_PREFIX,
+    IMAGE_ENCODER_PREFIX,
     UNET_PREFIX,
     Component,
     SvdCheckpointError,
@@ -68,7 +68,7 @@ def _config(state) -> ToyConfig:
 TOY_COMPONENTS = [
     Component("unet", UNET_PREFIX, _config, ToyUNet),
     Component("decoder", DECODER_PREFIX, _config, ToyDecoder),
-    Component("image_encoder", IMAGE_EMBEDDER_PREFIX, _config, ToyImageEncoder, ignored=(IGNORED,)),
+    Component("image_encoder", IMAGE_ENCODER_PREFIX, _config, ToyImageEncoder, ignored=(IGNORED,)),
 ]
 
 

@@ -13,9 +13,9 @@ from PIL import Image
 from svd_factory import write_tiny_svd
 from svd_peers import diffusers_pipeline
 
+from motion_module.svd.memory import GIB
 from motion_module.svd.params import SvdParams
 from motion_module.svd.pipeline import (
-    GIB,
     SvdInterrupted,
     SvdMemory,
     generate,

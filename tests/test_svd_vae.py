@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Two levels (latents at half size), two ResnetBlocks per level: the reference decoder's mid block
 # always has two, and diffusers' temporal decoder has layers_per_block of them.
-ENCODER = vae.EncoderConfig(in_channels=3, channels=(32, 64), res_blocks=2, z_channels=4, embed_dim=4)
-DECODER = vae.DecoderConfig(
+ENCODER = vae.VaeEncoderConfig(in_channels=3, channels=(32, 64), res_blocks=2, z_channels=4, embed_dim=4)
+DECODER = vae.TemporalDecoderConfig(
     z_channels=4, channels=(32, 64), res_blocks=2, out_channels=3, time_kernel=(3, 1, 1)
 )
 
@@ -107,8 +107,10 @@ def test_configs_read_from_shapes():
     assert vae.encoder_config_from_state_dict(vae.VaeEncoder(ENCODER).state_dict()) == ENCODER
     assert vae.decoder_config_from_state_dict(vae.TemporalDecoder(DECODER).state_dict()) == DECODER
     widths = (128, 256, 512, 512)  # SVD's
-    real_encoder = vae.EncoderConfig(in_channels=3, channels=widths, res_blocks=2, z_channels=4, embed_dim=4)
-    real_decoder = vae.DecoderConfig(
+    real_encoder = vae.VaeEncoderConfig(
+        in_channels=3, channels=widths, res_blocks=2, z_channels=4, embed_dim=4
+    )
+    real_decoder = vae.TemporalDecoderConfig(
         z_channels=4, channels=widths, res_blocks=2, out_channels=3, time_kernel=(3, 1, 1)
     )
     with torch.device("meta"):
@@ -144,7 +146,7 @@ def test_refusals_name_the_value(models):
     z = torch.zeros(5, 4, 8, 8)
     with pytest.raises(ValueError, match=r"shape \(5, 4, 8, 8\) do not hold whole videos of num_frames=2"):
         decoder(z, 2)
-    with pytest.raises(ValueError, match=r"chunk_size=-1"):
+    with pytest.raises(ValueError, match=r"chunk_size = -1 is not allowed"):
         decoder.decode(z, 5, chunk_size=-1)
     sd = dict(vae.TemporalDecoder(DECODER).state_dict())
     sd["up.1.attn.0.q.weight"] = torch.zeros(1)

@@ -29,10 +29,12 @@ import torch
 from torch import nn
 
 from ..loading import MotionModuleLoadError, read_state_dict, tensors_only
+from . import image_encoder, unet, vae
 
-UNET_PREFIX = "model.diffusion_model."
-DECODER_PREFIX = "first_stage_model.decoder."
-IMAGE_EMBEDDER_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
+# The prefixes the evidence looks under (each network's module defines its own).
+UNET_PREFIX = unet.PREFIX
+DECODER_PREFIX = vae.DECODER_PREFIX
+IMAGE_ENCODER_PREFIX = image_encoder.PREFIX
 SUFFIXES = (".safetensors", ".ckpt")
 SVD_FRAMES, SVD_XT_FRAMES = 14, 25
 SHOWN_KEYS = 5
@@ -115,7 +117,7 @@ def svd_evidence(keys: list[str]) -> dict[str, bool]:
     return {
         "UNet temporal layers": _any(keys, UNET_PREFIX, ".time_stack.", ".time_mixer."),
         "temporal VAE decoder": _any(keys, DECODER_PREFIX, "time_mix", ".time_stack."),
-        "OpenCLIP image embedder": _any(keys, IMAGE_EMBEDDER_PREFIX),
+        "OpenCLIP image embedder": _any(keys, IMAGE_ENCODER_PREFIX),
     }
 
 
@@ -141,10 +143,10 @@ def what_it_looks_like(keys: list[str]) -> str:
     return f"none of its {len(keys)} keys belong to an SVD checkpoint (e.g. {shown})"
 
 
-def check_is_svd(name: str, keys: list[str]) -> None:
+def check_is_svd(file_name: str, keys: list[str]) -> None:
     if not all(svd_evidence(keys).values()):
         raise SvdCheckpointError(
-            f"{name} is not a Stable Video Diffusion checkpoint: {what_it_looks_like(keys)}. "
+            f"{file_name} is not a Stable Video Diffusion checkpoint: {what_it_looks_like(keys)}. "
             "Expected the official single file (svd.safetensors, svd_xt.safetensors or "
             "svd_xt_1_1.safetensors)"
         )
@@ -159,7 +161,7 @@ def _shown(keys: Iterable[str]) -> str:
     return ", ".join(keys[:SHOWN_KEYS]) + more
 
 
-def split_keys(name: str, keys: list[str], components: list[Component]) -> dict[str, list[str]]:
+def split_keys(file_name: str, keys: list[str], components: list[Component]) -> dict[str, list[str]]:
     """Each key to the component with the longest matching prefix; refuses keys nobody takes."""
     by_length = sorted(components, key=lambda c: len(c.prefix), reverse=True)
     ignored = tuple(prefix for c in components for prefix in c.ignored)
@@ -175,7 +177,7 @@ def split_keys(name: str, keys: list[str], components: list[Component]) -> dict[
             owned[owner.name].append(key)
     if stray:
         raise SvdCheckpointError(
-            f"{name}: {len(stray)} tensors belong to no part of an SVD checkpoint: {_shown(stray)}"
+            f"{file_name}: {len(stray)} tensors belong to no part of an SVD checkpoint: {_shown(stray)}"
         )
     return owned
 
@@ -204,7 +206,7 @@ def _has_meta(module: nn.Module) -> bool:
 
 
 def build_component(
-    name: str, component: Component, state: dict[str, torch.Tensor], dtype: torch.dtype
+    file_name: str, component: Component, state: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> nn.Module:
     """Configure from shapes, build without random initialisation, take the tensors strictly.
 
@@ -215,7 +217,7 @@ def build_component(
         config = component.config_from_state_dict(state)
     except (KeyError, ValueError) as error:
         raise SvdCheckpointError(
-            f"{name}: the {component.name} tensors (under {component.prefix!r}) do not describe a "
+            f"{file_name}: the {component.name} tensors (under {component.prefix!r}) do not describe a "
             f"network ({error})"
         ) from error
     with torch.device("meta"):
@@ -223,7 +225,7 @@ def build_component(
     problems = _strict_mismatch(module, state)
     if problems:
         raise SvdCheckpointError(
-            f"{name}: the {component.name} tensors (under {component.prefix!r}) do not fit its "
+            f"{file_name}: the {component.name} tensors (under {component.prefix!r}) do not fit its "
             f"layout; " + "; ".join(problems)
         )
     module.load_state_dict(state, strict=True, assign=True)
@@ -255,8 +257,6 @@ def load_components(
 
 def svd_components() -> list[Component]:
     """The networks of an official SVD file, each under its sgm prefix, in the order a job runs them."""
-    from . import image_encoder, unet, vae
-
     return [
         Component(
             "image_encoder",
@@ -272,6 +272,6 @@ def svd_components() -> list[Component]:
             vae.VaeEncoder,
             ignored=vae.IGNORED_PREFIXES,
         ),
-        Component("unet", UNET_PREFIX, unet.config_from_state_dict, unet.SvdUNet),
-        Component("decoder", DECODER_PREFIX, vae.decoder_config_from_state_dict, vae.TemporalDecoder),
+        Component("unet", unet.PREFIX, unet.config_from_state_dict, unet.SvdUNet),
+        Component("decoder", vae.DECODER_PREFIX, vae.decoder_config_from_state_dict, vae.TemporalDecoder),
     ]

@@ -71,10 +71,12 @@ class ImageEncoderConfig:
 
 def _tensor(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
     if key not in state_dict:
-        raise ValueError(f"image encoder: key {key!r} is missing (expected under {PREFIX!r})")
+        raise ValueError(f"SVD image encoder: key {key!r} is missing (expected under {PREFIX!r})")
     value = state_dict[key]
     if value.ndim != ndim:
-        raise ValueError(f"image encoder: {key!r} has shape {tuple(value.shape)}, expected {ndim} dimensions")
+        raise ValueError(
+            f"SVD image encoder: {key} has shape {tuple(value.shape)}; expected {ndim} dimensions"
+        )
     return value
 
 
@@ -84,23 +86,23 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> ImageEncod
     width, in_channels, patch, patch_w = conv.shape
     if in_channels != 3 or patch != patch_w:
         raise ValueError(
-            f"image encoder: conv1.weight has shape {tuple(conv.shape)}, expected (width, 3, p, p)"
+            f"SVD image encoder: conv1.weight has shape {tuple(conv.shape)}; expected (width, 3, p, p)"
         )
     tokens = _tensor(state_dict, "positional_embedding", 2).shape[0]
     grid = math.isqrt(tokens - 1)
     if grid * grid != tokens - 1:
         raise ValueError(
-            f"image encoder: positional_embedding has {tokens} rows, expected 1 + a square number"
+            f"SVD image encoder: positional_embedding has {tokens} rows; expected 1 + a square number"
         )
     if width % HEAD_WIDTH:
         raise ValueError(
-            f"image encoder: width {width} is not a multiple of the head width {HEAD_WIDTH} (ViT-H/14)"
+            f"SVD image encoder: width {width} is not a multiple of the head width {HEAD_WIDTH} (ViT-H/14)"
         )
     block = re.compile(r"transformer\.resblocks\.(\d+)\.")
     indices = {int(m.group(1)) for key in state_dict if (m := block.match(key))}
     if indices != set(range(len(indices))) or not indices:
         raise ValueError(
-            f"image encoder: transformer.resblocks indices {sorted(indices)} are not 0..n-1 with n >= 1"
+            f"SVD image encoder: transformer.resblocks indices {sorted(indices)} are not 0..n-1 with n >= 1"
         )
     return ImageEncoderConfig(
         width=width,
@@ -189,7 +191,7 @@ class ImageEncoder(nn.Module):
         size = self.config.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
             raise ValueError(
-                f"image encoder: pixels have shape {tuple(pixels.shape)}, expected (b, 3, {size}, {size})"
+                f"SVD image encoder: pixels have shape {tuple(pixels.shape)}; expected (b, 3, {size}, {size})"
             )
         x = self.conv1(pixels.to(self.proj.dtype)).flatten(2).transpose(1, 2)  # (b, grid², c)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

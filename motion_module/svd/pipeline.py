@@ -1,6 +1,6 @@
 """From one image to SVD frames: load a checkpoint, plan memory, sample, decode.
 
-The adapter (the SVD tab and ``POST /animatediff/v1/svd``) calls only what is defined here.
+The adapter (the SVD tab and ``POST /animatediff/v1/svd``) calls only the names in ``__all__``.
 
 A job follows Stability's reference sampling for SVD (and diffusers' ``StableVideoDiffusionPipeline``,
 which reproduces it):
@@ -18,7 +18,7 @@ which reproduces it):
 
 Randomness: one CPU generator seeded with the job's seed draws the conditioning-image noise first
 and the starting latents second (the order of the reference script and of diffusers), so a seed
-gives the same video on any device.
+starts from the same noise on any device.
 """
 
 from __future__ import annotations
@@ -36,10 +36,18 @@ from torch import nn
 
 from .checkpoint import SvdCheckpointError, default_frames_for, load_components, svd_components
 from .image_encoder import embed_image
+from .memory import (
+    MemoryPlan,
+    SvdMemory,
+    decoder_activation_bytes,
+    encoder_activation_bytes,
+    unet_activation_bytes,
+    weight_bytes,
+)
 from .params import SvdParams
 from .sampling import guidance_ramp, sample_euler, sigma_schedule
 from .unet import time_ids_vector
-from .vae import LATENT_SCALE
+from .vae import LATENT_CHANNELS, LATENT_SCALE, VAE_DOWNSCALE
 
 __all__ = [
     "MemoryPlan",
@@ -53,57 +61,12 @@ __all__ = [
     "memory_plan",
 ]
 
-LATENT_CHANNELS = 4
-VAE_DOWNSCALE = 8
-GIB = 1024**3
+
+DEFAULT_MEMORY = SvdMemory()
 
 
 class SvdInterrupted(Exception):
     """Raised by ``generate`` when ``should_stop`` said so before the first step finished."""
-
-
-@dataclass(frozen=True)
-class SvdMemory:
-    """Memory settings (the WebUI's Settings page): ``offload`` keeps each component on the CPU
-    except while it runs (image encoder, then UNet, then decoder); ``ff_chunk`` splits every
-    feed-forward of the UNet's transformers (spatial and temporal, which need the same wide
-    intermediate) into chunks of that many rows (0 = no chunking)."""
-
-    offload: bool = True
-    ff_chunk: int = 0
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """What a job will hold, in bytes, before it runs: weights per component and the largest
-    activation estimate; ``describe()`` is the line the tab and the log show.
-
-    ``activation_parts`` is the estimate per stage (image encoder, VAE encoder, UNet, decoder);
-    ``activations`` is its largest entry."""
-
-    weights: dict[str, int]
-    activations: int
-    device: str
-    offload: bool
-    activation_parts: dict[str, int] = field(default_factory=dict)
-
-    def peak(self) -> int:
-        """Bytes on the device at the worst moment: with offload (on an accelerator) one stage's
-        weights plus its activations; otherwise every weight plus the largest activation."""
-        if self.offload and self.device != "cpu" and self.activation_parts:
-            return max(self.weights.get(stage, 0) + size for stage, size in self.activation_parts.items())
-        return sum(self.weights.values()) + self.activations
-
-    def describe(self) -> str:
-        parts = ", ".join(f"{name} {size / GIB:.2f}" for name, size in self.weights.items())
-        worst = max(self.activation_parts, key=self.activation_parts.get, default="")
-        where = f" ({worst})" if worst else ""
-        offload = "on" if self.offload else "off"
-        return (
-            f"SVD memory on {self.device} (offload {offload}): weights {sum(self.weights.values()) / GIB:.2f} GiB "
-            f"({parts}); largest activation {self.activations / GIB:.2f} GiB{where}; "
-            f"peak about {self.peak() / GIB:.2f} GiB"
-        )
 
 
 @dataclass
@@ -118,6 +81,8 @@ class SvdModel:
 
 @dataclass
 class SvdResult:
+    """A job's frames, the seed it used (the one picked for -1) and how far sampling got."""
+
     frames: list[Image.Image]
     seed: int
     steps_done: int
@@ -135,48 +100,6 @@ def load_svd(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SvdMode
 
 
 # --- memory ------------------------------------------------------------------------------------
-
-
-def _bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-
-
-def unet_activation_bytes(config, frames: int, height: int, width: int, ff_chunk: int, item: int) -> int:
-    """Estimate of the UNet's largest live activations for one guided step (both halves: 2 x frames rows).
-
-    The skip connections kept for the up path, plus the working set of the widest layer: a
-    residual block holds about four feature maps; a transformer block its input, the attention
-    output and the feed-forward's 8c-wide GEGLU projection for every token (or ``ff_chunk`` tokens
-    at a time). Attention goes through ``scaled_dot_product_attention``, whose fused kernels do not
-    keep the tokens x tokens score matrix, so it is not counted."""
-    rows = 2 * frames
-    h, w = height // VAE_DOWNSCALE, width // VAE_DOWNSCALE
-    mc = config.model_channels
-    widths = [mc * m for m in config.channel_mult]
-    skips = rows * mc * h * w  # conv_in
-    working = 0
-    for level, channels in enumerate(widths):
-        tokens = (h >> level) * (w >> level)
-        stages = config.num_res_blocks + (1 if level < len(widths) - 1 else 0)
-        skips += stages * rows * channels * tokens
-        per_frame_ff = rows * tokens if not ff_chunk else min(ff_chunk, rows * tokens)
-        block = 4 * rows * channels * tokens
-        if level in config.attention_levels:
-            block = max(block, 3 * rows * channels * tokens + per_frame_ff * 12 * channels)
-        working = max(working, block)
-    return (skips + working) * item
-
-
-def decoder_activation_bytes(top_channels: int, frames: int, height: int, width: int, item: int) -> int:
-    """The temporal decoder at full resolution: about five ``top_channels``-wide maps per frame of
-    one decode call (the residual block's input, its two convolutions, the temporal branch and the
-    mix), plus the decoded pixels."""
-    return frames * (5 * top_channels + 3) * height * width * item
-
-
-def encoder_activation_bytes(top_channels: int, height: int, width: int, item: int) -> int:
-    """The VAE encoder on the one conditioning picture: about four full-resolution maps."""
-    return 4 * top_channels * height * width * item
 
 
 def memory_plan(model: SvdModel, params: SvdParams, memory: SvdMemory, device: torch.device) -> MemoryPlan:
@@ -198,7 +121,7 @@ def memory_plan(model: SvdModel, params: SvdParams, memory: SvdMemory, device: t
         ),
     }
     return MemoryPlan(
-        weights={name: _bytes(module) for name, module in parts.items()},
+        weights={name: weight_bytes(module) for name, module in parts.items()},
         activations=max(activations.values()),
         device=torch.device(device).type,
         offload=memory.offload,
@@ -226,6 +149,7 @@ def to_pil(frames: torch.Tensor) -> list[Image.Image]:
 
 
 def pick_seed(seed: int) -> int:
+    """``seed``, or for -1 one drawn from the OS (not from torch's global generator)."""
     return seed if seed >= 0 else random.SystemRandom().randrange(2**32)
 
 
@@ -241,7 +165,12 @@ def running(module: nn.Module, device: torch.device, offload: bool) -> Iterator[
 
 
 def guided_unet(
-    unet: nn.Module, concat: torch.Tensor, context: torch.Tensor, vector: torch.Tensor, frames: int, dtype
+    unet: nn.Module,
+    concat: torch.Tensor,
+    context: torch.Tensor,
+    vector: torch.Tensor,
+    frames: int,
+    dtype: torch.dtype,
 ) -> Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]:
     """The UNet as ``sampling`` calls it: one batch of 2 x frames rows (unconditional first), each
     row's noisy latent followed by its conditioning latent; returns the two halves in float32."""
@@ -261,7 +190,7 @@ def generate(
     params: SvdParams,
     *,
     device: torch.device,
-    memory: SvdMemory = SvdMemory(),
+    memory: SvdMemory = DEFAULT_MEMORY,
     on_step: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SvdResult:

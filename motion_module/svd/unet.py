@@ -1,7 +1,7 @@
 """The SVD spatio-temporal UNet (Stability's sgm ``VideoUNet`` as ``configs/inference/svd.yaml``
 sets it up), its config read from a state dict, and the 768-wide "vector" conditioning.
 
-Parameter names are the checkpoint's keys without ``model.diffusion_model.``, so
+Parameter names are the checkpoint's keys without ``PREFIX`` (``model.diffusion_model.``), so
 ``SvdUNet(config_from_state_dict(sd)).load_state_dict(sd, strict=True)`` loads an official file.
 The sampler calls ``SvdUNet.forward`` once per denoising step. Imports nothing from the WebUI.
 
@@ -21,6 +21,7 @@ from ..ldm_layers import Downsample, GroupNorm32, Upsample, timestep_embedding
 from .unet_blocks import ConditionedLayer, FrameConditioning, VideoResBlock
 from .unet_transformer import SpatialVideoTransformer
 
+PREFIX = "model.diffusion_model."
 OFFICIAL_HEAD_DIM = 64  # sgm's num_head_channels for SVD; the weights' shapes do not tell it
 TIME_ID_WIDTH = 256  # sgm's ConcatTimestepEmbedderND outdim for fps_id, motion_bucket_id, cond_aug
 
@@ -63,11 +64,10 @@ class SvdUNetConfig:
             refuse("head_dim", self.head_dim, f"a divisor of every attention width {attention_widths}")
         if self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
             refuse("temporal_kernel", self.temporal_kernel, "an odd frame count (SVD: 3)")
-        for field in ("in_channels", "out_channels", "num_res_blocks", "transformer_depth", "context_dim"):
+        counts = ("in_channels", "out_channels", "num_res_blocks", "transformer_depth", "context_dim")
+        for field in (*counts, "adm_in_channels"):
             if getattr(self, field) < 1:
                 refuse(field, getattr(self, field), "a positive whole number")
-        if self.adm_in_channels < 1:
-            refuse("adm_in_channels", self.adm_in_channels, "a positive whole number")
 
     def heads(self, width: int) -> int:
         return width // self.head_dim
@@ -76,8 +76,8 @@ class SvdUNetConfig:
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
     if key not in state_dict:
         raise ValueError(
-            f"SVD UNet state dict has no {key!r}: not an SVD UNet, or the keys still carry the "
-            "'model.diffusion_model.' prefix (pass them without it)"
+            f"SVD UNet: key {key!r} is missing: not an SVD UNet, or the keys still carry the "
+            f"{PREFIX!r} prefix (pass them without it)"
         )
     return tuple(state_dict[key].shape)
 
@@ -85,7 +85,7 @@ def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
 def config_from_state_dict(
     state_dict: Mapping[str, torch.Tensor], head_dim: int | None = None
 ) -> SvdUNetConfig:
-    """Read the network's shape from its weights (keys without ``model.diffusion_model.``).
+    """Read the network's shape from its weights (keys without ``PREFIX``).
 
     Head counts leave no trace in the shapes: ``head_dim`` defaults to the official 64, or to
     ``model_channels`` when that is narrower (scaled-down test checkpoints: one head at level 0)."""

@@ -102,10 +102,9 @@ class FeedForward(nn.Module):
     ``chunk_rows`` > 0 runs it on at most that many tokens at a time (every token is independent),
     bounding the ``[tokens, 8c]`` intermediate; the output is the same up to float rounding."""
 
-    def __init__(self, dim: int, dim_out: int | None = None):
+    def __init__(self, dim: int):
         super().__init__()
-        dim_out = dim_out or dim
-        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim_out))
+        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Identity(), nn.Linear(4 * dim, dim))
         self.chunk_rows = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,10 +112,10 @@ class FeedForward(nn.Module):
         rows = self.chunk_rows
         if not rows or flat.shape[0] <= rows:
             return self.net(x)
-        out = flat.new_empty(flat.shape[0], self.net[2].out_features)
+        out = torch.empty_like(flat)
         for start in range(0, flat.shape[0], rows):
             out[start : start + rows] = self.net(flat[start : start + rows])
-        return out.view(*x.shape[:-1], -1)  # [tokens, c_out] -> [..., c_out]
+        return out.view(x.shape)  # [tokens, c] -> [..., c]
 
 
 class ResBlock(nn.Module):

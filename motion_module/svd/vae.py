@@ -51,11 +51,13 @@ IGNORED_PREFIXES = (
 )
 
 LATENT_SCALE = 0.18215
+LATENT_CHANNELS = 4  # SVD's latent: 4 channels, VAE_DOWNSCALE times smaller than the picture
+VAE_DOWNSCALE = 8
 GROUPS = 32  # GroupNorm groups everywhere in this autoencoder
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class VaeEncoderConfig:
     """``channels[i]`` is the width of level i (level 0 at full resolution); every level but the
     last halves the size, so latents are 2^(levels-1) times smaller."""
 
@@ -67,7 +69,7 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class TemporalDecoderConfig:
     """``channels[i]`` is the width of up level i (level 0 at full resolution, run last)."""
 
     z_channels: int
@@ -103,15 +105,15 @@ def _refuse_attention_levels(state_dict: Mapping[str, torch.Tensor], level_key: 
         )
 
 
-def encoder_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> EncoderConfig:
+def encoder_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> VaeEncoderConfig:
     """Sizes of the conditioning encoder from its weights (keys with ``ENCODER_PREFIX`` stripped)."""
-    who = "VAE encoder"
+    who = "SVD VAE encoder"
     _refuse_attention_levels(state_dict, r"encoder\.down", who)
     levels = _indices(state_dict, r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight$", who)
     conv_in = _shape(state_dict, "encoder.conv_in.weight", who)
     conv_out = _shape(state_dict, "encoder.conv_out.weight", who)
     quant = _shape(state_dict, "quant_conv.weight", who)
-    return EncoderConfig(
+    return VaeEncoderConfig(
         in_channels=conv_in[1],
         channels=tuple(
             _shape(state_dict, f"encoder.down.{i}.block.0.conv1.weight", who)[0] for i in range(levels)
@@ -122,15 +124,15 @@ def encoder_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> En
     )
 
 
-def decoder_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> DecoderConfig:
+def decoder_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> TemporalDecoderConfig:
     """Sizes of the temporal decoder from its weights (keys with ``DECODER_PREFIX`` stripped)."""
-    who = "VAE decoder"
+    who = "SVD VAE decoder"
     _refuse_attention_levels(state_dict, r"up", who)
     levels = _indices(state_dict, r"up\.(\d+)\.block\.0\.conv1\.weight$", who)
     time_kernel = _shape(state_dict, "conv_out.time_mix_conv.weight", who)[2:]
     if len(time_kernel) != 3:
         raise ValueError(f"{who}: conv_out.time_mix_conv.weight is not a 3-D convolution")
-    return DecoderConfig(
+    return TemporalDecoderConfig(
         z_channels=_shape(state_dict, "conv_in.weight", who)[1],
         channels=tuple(_shape(state_dict, f"up.{i}.block.0.conv1.weight", who)[0] for i in range(levels)),
         res_blocks=_indices(state_dict, r"up\.0\.block\.(\d+)\.conv1\.weight$", who) - 1,
@@ -222,7 +224,7 @@ class MidBlock(nn.Module):
 class Encoder(nn.Module):
     """Image (n, in_channels, H, W) → 2·z channels at (H, W) / 2^(levels-1)."""
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: VaeEncoderConfig):
         super().__init__()
         widths = config.channels
         self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
@@ -253,7 +255,7 @@ class Encoder(nn.Module):
 class VaeEncoder(nn.Module):
     """The conditioner's autoencoder without its decoder: ``encoder`` then ``quant_conv``."""
 
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: VaeEncoderConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
@@ -336,7 +338,7 @@ class TemporalDecoder(nn.Module):
     """Latents (b·f, z, h, w), frames of one video consecutive → images (b·f, out, H, W) in about
     [-1, 1] (not clamped); H, W = 2^(levels-1) · h, w (8x for SVD)."""
 
-    def __init__(self, config: DecoderConfig):
+    def __init__(self, config: TemporalDecoderConfig):
         super().__init__()
         self.config = config
         widths, kernel = config.channels, config.time_kernel
@@ -357,7 +359,7 @@ class TemporalDecoder(nn.Module):
     def _check(self, z: torch.Tensor, num_frames: int) -> None:
         if z.ndim != 4 or num_frames < 1 or z.shape[0] % num_frames:
             raise ValueError(
-                f"VAE decoder: latents of shape {tuple(z.shape)} do not hold whole videos of "
+                f"SVD VAE decoder: latents of shape {tuple(z.shape)} do not hold whole videos of "
                 f"num_frames={num_frames} frames; expected (videos·num_frames, {self.config.z_channels}, h, w)"
             )
 
@@ -388,7 +390,10 @@ class TemporalDecoder(nn.Module):
         whereas diffusers chunks the flattened batch.
         """
         if chunk_size < 0:
-            raise ValueError(f"VAE decoder: chunk_size={chunk_size}; allowed: 0 (all frames) or more")
+            raise ValueError(
+                f"SVD VAE decoder: chunk_size = {chunk_size} is not allowed; expected 0 (all frames) "
+                "or a positive frame count"
+            )
         self._check(z, num_frames)
         if chunk_size == 0 or chunk_size >= num_frames:
             return self(z, num_frames)
