@@ -70,10 +70,6 @@ def _multiple_of_8(low: int, high: int) -> Callable[[Any], int]:
     return coerce
 
 
-def _seed(value: Any) -> int:
-    return _int_in(-1, 2**32 - 1)(value)
-
-
 def _keep(value: Any) -> Any:
     return value
 
@@ -85,7 +81,7 @@ FIELDS: dict[str, _Field] = {
     "height": _Field(_multiple_of_8(64, 2048), "a multiple of 8 from 64 to 2048"),
     "frames": _Field(_int_in(0, 128), "0 (the model's own count) or 1 to 128"),
     "steps": _Field(_int_in(1, 200), "a whole number from 1 to 200"),
-    "seed": _Field(_seed, "-1 (random) or a whole number from 0 to 4294967295"),
+    "seed": _Field(_int_in(-1, 2**32 - 1), "-1 (random) or a whole number from 0 to 4294967295"),
     "fps": _Field(_int_in(1, 60), "a whole number from 1 to 60"),
     "motion_bucket_id": _Field(_int_in(0, 1023), "a whole number from 0 to 1023"),
     "noise_aug_strength": _Field(_float_in(0.0, 10.0), "a number from 0 to 10"),
