@@ -7,7 +7,7 @@ import pytest
 import torch
 from svd_peers import diffusers_vae, vae_resnet_key
 
-from motion_module.svd import vae
+from motion_module.svd import vae, vae_blocks
 
 svd_pipeline = pytest.importorskip(
     "diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion"
@@ -163,7 +163,7 @@ def test_norm_epsilons_match_on_small_activations():
     ResnetBlock, 1e-5 in the temporal one (the reference's GroupNorm32 default)."""
     from diffusers.models.resnet import SpatioTemporalResBlock
 
-    ours = randomized(vae.VideoResBlock(32, 32, (3, 1, 1)), seed=7)
+    ours = randomized(vae_blocks.VideoResBlock(32, 32, (3, 1, 1)), seed=7)
     with torch.no_grad():
         ours.conv2.weight.mul_(1e-3)
         ours.conv2.bias.zero_()

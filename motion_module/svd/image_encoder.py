@@ -1,7 +1,7 @@
 """SVD's image embedder: the OpenCLIP ViT-H/14 vision tower and the preprocessing in front of it.
 
 SVD conditions its cross-attention on one vector per video: the CLIP image embedding of the
-conditioning picture. The official checkpoints carry the whole OpenCLIP model (text tower removed)
+conditioning picture. The official checkpoints carry the OpenCLIP model (its text transformer removed)
 under ``conditioner.embedders.0.open_clip.model.``; the vision tower is ``visual.`` below that
 (``PREFIX``). Parameter names here are those keys with ``PREFIX`` stripped, so
 ``ImageEncoder(config).load_state_dict(stripped, strict=True)`` works.

@@ -14,7 +14,8 @@ keys with the prefix stripped, so ``load_state_dict(stripped, strict=True)`` wor
   over frames (``conv_out.time_mix_conv``). Its attention is per frame. There is no
   ``post_quant_conv``: the first stage is the plain ``AutoencodingEngine``.
 
-Keys the loader must accept and leave unused are listed in ``IGNORED_PREFIXES``.
+Keys the loader must accept and leave unused are listed in ``IGNORED_PREFIXES``. The layers
+these networks are built of are in ``vae_blocks``.
 
 Latent scale: the diffusion model works on ``latent * LATENT_SCALE``. The conditioning latent
 from ``encode`` is NOT scaled (the reference's conditioner uses scale factor 1.0; diffusers' SVD
@@ -35,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ldm_layers import GroupNorm32, Upsample
+from ..ldm_layers import Upsample
+from .vae_blocks import Downsample, Level, MidBlock, ResnetBlock, TimeMixConv, VideoResBlock, norm
 
 ENCODER_PREFIX = "conditioner.embedders.3.encoder."
 DECODER_PREFIX = "first_stage_model.decoder."
@@ -53,7 +55,6 @@ IGNORED_PREFIXES = (
 LATENT_SCALE = 0.18215
 LATENT_CHANNELS = 4  # SVD's latent: 4 channels, VAE_DOWNSCALE times smaller than the picture
 VAE_DOWNSCALE = 8
-GROUPS = 32  # GroupNorm groups everywhere in this autoencoder
 
 
 @dataclass(frozen=True)
@@ -141,83 +142,6 @@ def decoder_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Te
     )
 
 
-# --- building blocks (ldm names) ---------------------------------------------------------------
-
-
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(GROUPS, channels, eps=1e-6)
-
-
-class ResnetBlock(nn.Module):
-    """norm → swish → conv, twice, plus the input (through a 1x1 ``nin_shortcut`` when the width
-    changes). No timestep input: the autoencoder has none."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return skip + h
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over the pixels of each image; q/k/v/proj_out are 1x1 convs."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        y = self.norm(x)
-        q, k, v = (proj(y).flatten(2).transpose(1, 2).unsqueeze(1) for proj in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # (n, 1, h·w, c)
-        return x + self.proj_out(out.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
-
-
-class Downsample(nn.Module):
-    """Stride-2 3x3 conv after padding one row/column at the bottom/right only (as trained; the
-    UNet's ``ldm_layers.Downsample`` pads every side)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Level(nn.Module):
-    """One resolution level: ``block`` (ResnetBlocks), then ``downsample``/``upsample`` where the
-    size changes (the ldm layout also has an ``attn`` list per level, empty in SVD)."""
-
-    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None, resample_name: str):
-        super().__init__()
-        self.block = nn.ModuleList(blocks)
-        if resample is not None:
-            self.add_module(resample_name, resample)
-
-
-class MidBlock(nn.Module):
-    def __init__(self, block_1: nn.Module, channels: int, block_2: nn.Module):
-        super().__init__()
-        self.block_1 = block_1
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = block_2
-
-
 # --- the conditioning encoder ------------------------------------------------------------------
 
 
@@ -238,7 +162,7 @@ class Encoder(nn.Module):
             last = i == len(widths) - 1
             self.down.append(Level(blocks, None if last else Downsample(c), "downsample"))
         self.mid = MidBlock(ResnetBlock(c, c), c, ResnetBlock(c, c))
-        self.norm_out = _norm(c)
+        self.norm_out = norm(c)
         self.conv_out = nn.Conv2d(c, 2 * config.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,68 +196,6 @@ class VaeEncoder(nn.Module):
 # --- the temporal decoder ----------------------------------------------------------------------
 
 
-class TemporalResBlock(nn.Module):
-    """The reference's ``time_stack``: a ResBlock of 3-D convs over (frames, h, w) with names
-    ``in_layers.{0,2}`` / ``out_layers.{0,3}`` (norm, swish, conv; norm, swish, dropout, conv).
-    Its GroupNorm (eps 1e-5) takes statistics over all frames it is given."""
-
-    def __init__(self, channels: int, kernel: tuple[int, int, int]):
-        super().__init__()
-        padding = tuple(k // 2 for k in kernel)
-        self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv3d(channels, channels, kernel, padding=padding)
-        )
-        self.out_layers = nn.Sequential(
-            GroupNorm32(channels),
-            nn.SiLU(),
-            nn.Dropout(0.0),
-            nn.Conv3d(channels, channels, kernel, padding=padding),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.out_layers(self.in_layers(x))
-
-
-def _to_video(x: torch.Tensor, frames: int) -> torch.Tensor:
-    """(b·f, c, h, w) → (b, c, f, h, w)."""
-    n, c, h, w = x.shape
-    return x.view(n // frames, frames, c, h, w).transpose(1, 2)
-
-
-def _to_frames(x: torch.Tensor) -> torch.Tensor:
-    """(b, c, f, h, w) → (b·f, c, h, w)."""
-    b, c, f, h, w = x.shape
-    return x.transpose(1, 2).reshape(b * f, c, h, w)
-
-
-class VideoResBlock(ResnetBlock):
-    """A spatial ResnetBlock, then ``time_stack`` across frames, blended as
-    ``a · temporal + (1 - a) · spatial`` with ``a = sigmoid(mix_factor)``."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int]):
-        super().__init__(in_channels, out_channels)
-        self.time_stack = TemporalResBlock(out_channels, kernel)
-        self.mix_factor = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        spatial = _to_video(super().forward(x), frames)
-        alpha = torch.sigmoid(self.mix_factor).to(spatial.dtype)
-        return _to_frames(alpha * self.time_stack(spatial) + (1.0 - alpha) * spatial)
-
-
-class TimeMixConv(nn.Conv2d):
-    """The last conv: a 2-D conv per frame, then ``time_mix_conv``, a 3-D conv across frames."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int]):
-        super().__init__(in_channels, out_channels, 3, padding=1)
-        self.time_mix_conv = nn.Conv3d(
-            out_channels, out_channels, kernel, padding=tuple(k // 2 for k in kernel)
-        )
-
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        return _to_frames(self.time_mix_conv(_to_video(super().forward(x), frames)))
-
-
 class TemporalDecoder(nn.Module):
     """Latents (b·f, z, h, w), frames of one video consecutive → images (b·f, out, H, W) in about
     [-1, 1] (not clamped); H, W = 2^(levels-1) · h, w (8x for SVD)."""
@@ -353,7 +215,7 @@ class TemporalDecoder(nn.Module):
                 c = widths[i]
             levels.insert(0, Level(blocks, Upsample(c) if i > 0 else None, "upsample"))
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(c)
+        self.norm_out = norm(c)
         self.conv_out = TimeMixConv(c, config.out_channels, kernel)
 
     def _check(self, z: torch.Tensor, num_frames: int) -> None:
