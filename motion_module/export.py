@@ -1,7 +1,8 @@
 """Frames of one video -> files on disk, and the strings the API returns.
 
 ``export`` is the one call per video: it prepares the frames (ping-pong, interpolation) and
-hands them to ``export_video``, which names the files (``<outdir>/AnimateDiff/YYYY-MM-DD/{seq:05d}-{seed}[-{id}]``),
+hands them to ``export_video``, which names the files (``<outdir>/<folder>/YYYY-MM-DD/{seq:05d}-{seed}[-{id}]``,
+``folder`` being ``AnimateDiff``, or ``AnimateDiff/svd`` for Stable Video Diffusion),
 runs every requested writer from ``export_writers.WRITERS`` under a temporary name and publishes
 each file by an atomic rename, so a half-written or failed file is never visible. One format
 failing never stops the others: the result lists written paths and errors per format.
@@ -47,6 +48,7 @@ __all__ = [
     "sanitize_request_id",
 ]
 
+DEFAULT_FOLDER = "AnimateDiff"
 API_VIDEO_ORDER = (ExportFormat.GIF, ExportFormat.MP4, ExportFormat.WEBP, ExportFormat.WEBM)
 _SEQ_NAME = re.compile(r"^\.?(\d+)[-.]")  # "00012-42.gif", ".00013.reserved", ".00012-42.ab.part.mp4"
 
@@ -76,6 +78,7 @@ class VideoTarget:
     info: str = ""  # infotext, written into the files
     request_id: str = ""  # appended to the file name
     audio: str | os.PathLike | None = None  # soundtrack for MP4/WebM (see audio_mux); None: silent
+    folder: str = DEFAULT_FOLDER  # under outdir, holding one folder per date
 
 
 def export(
@@ -100,6 +103,7 @@ def export(
         request_id=target.request_id,
         now=now,
         audio=target.audio,
+        subfolder=target.folder,
     )
 
 
@@ -195,6 +199,7 @@ def export_video(
     now: datetime | None = None,
     gif_dither: str = "none",
     audio: str | os.PathLike | None = None,
+    subfolder: str = DEFAULT_FOLDER,
 ) -> ExportResult:
     """Write one video in every file format of ``params.formats``; never raises for a format.
 
@@ -203,6 +208,7 @@ def export_video(
     encoder, writer failure) are logged once and listed in ``result.errors``. ``audio`` puts a
     soundtrack on MP4 and WebM, cut or padded to the frames' duration; unreadable audio fails
     those formats (listed in ``result.errors``, no file written) and leaves the others alone.
+    ``subfolder`` is the folder under ``outdir`` that holds one folder per date.
     """
     frames = [to_rgb(f) for f in frames]
     result = ExportResult(stem="", frames=frames, info=info)
@@ -210,7 +216,7 @@ def export_video(
     if not wanted:
         return result
     problem = _frames_problem(frames)
-    folder = Path(outdir) / "AnimateDiff" / (now or datetime.now()).strftime("%Y-%m-%d")
+    folder = Path(outdir) / subfolder / (now or datetime.now()).strftime("%Y-%m-%d")
     if problem is None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
