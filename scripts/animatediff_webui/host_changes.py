@@ -15,6 +15,10 @@ img2vid, denoiser, output, ...) compute values; only the functions here write th
   when its scripts unload. ``LIFETIME`` names it.
 - **Per call** writes last one windowed UNet call: a window's slice of ControlNet's hints, put
   back by the windowed denoiser as soon as the call returns. ``PER_CALL`` names them.
+- **SVD jobs** (the SVD tab and its API route) are no WebUI processing: they put themselves on
+  the WebUI's progress bar as its own API does (``state.begin`` ... ``state.end``, a step of their
+  session), count their steps there, and the tab's Interrupt button calls ``state.interrupt``.
+  ``SVD`` names them.
 
 ``tests/test_host_changes.py`` runs whole jobs against recording fakes and checks both lists; it
 also greps the adapter so that no other file writes to a WebUI object.
@@ -140,7 +144,15 @@ PER_CALL: tuple[Change, ...] = (
     ),
     Change("preview strip", ("state.current_latent",)),
 )
-_NAMES = {change.name for change in STEPS}
+SVD: tuple[Change, ...] = (
+    Change(  # the WebUI's state.begin resets its flags and counters as for any job
+        "SVD job on the progress bar",
+        ("state.job", "state.job_count", "state.job_no", "state.sampling_steps", "state.textinfo"),
+    ),
+    Change("SVD step on the progress bar", ("state.sampling_step", "state.sampling_steps", "state.textinfo")),
+    Change("SVD Interrupt button", ("state.interrupted",)),
+)
+_NAMES = {change.name for change in STEPS + SVD}
 
 
 def _step(session: PatchSession, name: str, apply: Callable[[], Any], undo: Callable[..., None]) -> Any:
@@ -647,3 +659,32 @@ def batch_tab_hook(img2img_module: Any, hook: Any, original: Any) -> Callable[[]
 def xyz_override(p: Any, attr: str, key: str, value: Any) -> None:
     """An X/Y/Z axis value on a grid cell's copy of ``p``; a new dict, since cells share one."""
     setattr(p, attr, {**(getattr(p, attr, None) or {}), key: value})
+
+
+# --- SVD jobs ----------------------------------------------------------------------------------
+
+
+def svd_job(session: PatchSession, state: Any, job: str, steps: int) -> None:
+    """An SVD job on the WebUI's progress bar (and ``/sdapi/v1/progress``): ``state.begin``, as
+    the WebUI's API does for each of its jobs (it also clears Interrupt and Skip), one job of
+    ``steps`` steps; the undo is ``state.end``, as there."""
+
+    def apply() -> None:
+        state.begin(job=job)
+        state.job_count = 1
+        state.sampling_steps = steps
+        state.textinfo = "SVD: loading the model"
+
+    _step(session, "SVD job on the progress bar", apply, state.end)
+
+
+def svd_step(state: Any, done: int, total: int) -> None:
+    """One sampling step done (the WebUI's samplers write the same fields every step)."""
+    state.sampling_step = done
+    state.sampling_steps = total
+    state.textinfo = f"SVD: step {done}/{total}"
+
+
+def svd_interrupt(state: Any) -> None:
+    """The SVD tab's Interrupt button: the WebUI's own interrupt, read by the job's should_stop."""
+    state.interrupt()

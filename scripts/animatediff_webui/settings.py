@@ -147,6 +147,50 @@ OPTIONS: tuple[Option, ...] = (
         info="One per line. With --listen, --share or --server-name, Video path, Mask path and "
         "video files must lie inside the WebUI's data folder or one of these",
     ),
+    # Stable Video Diffusion (the SVD tab and POST /animatediff/v1/svd)
+    Option(
+        "animatediff_svd_model_path",
+        "",
+        "SVD: model folder (empty: the WebUI's models/svd)",
+        info="svd.safetensors, svd_xt.safetensors, svd_xt_1_1.safetensors (or .ckpt); the SVD tab's refresh "
+        "button reads it again",
+    ),
+    Option(
+        "animatediff_svd_offload",
+        True,
+        "SVD: keep each component on the CPU except while it runs",
+        info="Image encoder, UNet and decoder take turns on the GPU: far less VRAM, a little slower",
+    ),
+    Option(
+        "animatediff_svd_ff_chunk",
+        0,
+        "SVD: temporal feed-forward chunk (rows; 0 = no chunking)",
+        "slider",
+        {"minimum": 0, "maximum": 16384, "step": 64},
+        "Smaller chunks lower the UNet's peak memory",
+    ),
+    Option(
+        "animatediff_svd_decode_chunk",
+        0,
+        "SVD: frames per decoder call, the tab's and the API's default (0 = all frames at once)",
+        "slider",
+        {"minimum": 0, "maximum": 128, "step": 1},
+        "Lower uses less memory when decoding",
+    ),
+    Option(
+        "animatediff_svd_dtype",
+        "auto",
+        "SVD: weight dtype",
+        "radio",
+        {"choices": ["auto", "float16", "bfloat16", "float32"]},
+        "auto: float16 on a GPU, float32 on the CPU or with --no-half; a change reloads the model",
+    ),
+    Option(
+        "animatediff_svd_keep_loaded",
+        True,
+        "SVD: keep the last model loaded between jobs",
+        info="Off frees its memory after every job (the next job reads the file again)",
+    ),
 )
 
 
@@ -233,14 +277,15 @@ def model_dir(get: Getter, cmd_dir: str | None, extension_root: str) -> str:
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 
-def list_models(folder: str) -> list[str]:
-    """Motion-module files under ``folder`` (recursive), as sorted relative paths with '/'."""
+def list_models(folder: str, suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> list[str]:
+    """Model files (motion modules by default) under ``folder`` (recursive), as sorted relative
+    paths with '/'."""
     found: list[str] = []
     if not os.path.isdir(folder):
         return found
     for root, _dirs, files in os.walk(folder, followlinks=True):
         for name in files:
-            if name.lower().endswith(MODEL_SUFFIXES):
+            if name.lower().endswith(suffixes):
                 rel = os.path.relpath(os.path.join(root, name), folder)
                 found.append(rel.replace(os.sep, "/"))
     return sorted(found, key=str.casefold)
