@@ -3,11 +3,16 @@
 //   hide that the next Generate makes a video;
 // - tooltips on the panel's labels repeat the short help written under each field;
 // - an MP4 or WebM result (which a gallery cannot show) plays in a video player under the
-//   gallery, looping, with a download link; GIF and WebP stay in the gallery.
+//   gallery, looping, with a download link; GIF and WebP stay in the gallery. The SVD tab's
+//   gallery gets the same player;
+// - the SVD tab: Generate shows the WebUI's progress bar (animatediff_svd_submit), and the
+//   "Send to SVD" buttons under the txt2img/img2img results open the tab
+//   (switch_to_animatediff_svd, called by the WebUI's paste registry by that name).
 // onUiUpdate runs from a MutationObserver over the whole page: everything here writes to the DOM
 // only when a value really changes, or the write itself would trigger the observer again, forever.
 (function () {
     const TABS = ["txt2img", "img2img"];
+    const SVD = "animatediff_svd"; // the SVD tab's id: its elements' ids start with it
 
     function enableBox(tab) {
         return gradioApp().querySelector(`#script_${tab}_animatediff_enable input[type=checkbox]`);
@@ -48,16 +53,20 @@
 
     function showVideo(tab) {
         const gallery = gradioApp().getElementById(`${tab}_gallery`);
+        showVideoUnder(gallery, `animatediff_${tab}_video`);
+    }
+
+    function showVideoUnder(gallery, boxId) {
         if (!gallery) return;
         const url = galleryVideo(gallery);
-        let box = gradioApp().getElementById(`animatediff_${tab}_video`);
+        let box = gradioApp().getElementById(boxId);
         if (!url) {
             if (box && box.style.display !== "none") box.style.display = "none";
             return;
         }
         if (!box) {
             box = document.createElement("div");
-            box.id = `animatediff_${tab}_video`;
+            box.id = boxId;
             box.className = "animatediff-video";
             const video = document.createElement("video");
             Object.assign(video, {controls: true, loop: true, autoplay: true, muted: true, playsInline: true});
@@ -96,5 +105,28 @@
             showState(tab);
             showVideo(tab);
         }
+        showVideoUnder(gradioApp().getElementById(`${SVD}_gallery`), `${SVD}_video`);
     });
+
+    window.switch_to_animatediff_svd = function() {
+        const buttons = gradioApp().querySelectorAll("#tabs > .tab-nav > button");
+        const button = Array.from(buttons).find((b) => b.textContent.trim() === "SVD");
+        if (button) button.click();
+        return Array.from(arguments);
+    };
+
+    // Generate in the SVD tab: a task id for the WebUI's progress bar over our gallery, as the
+    // WebUI's own submit() does for txt2img; the id goes to the server as the first input.
+    window.animatediff_svd_submit = function() {
+        const id = randomId();
+        const generate = gradioApp().getElementById(`${SVD}_generate`);
+        if (generate) generate.disabled = true;
+        requestProgress(id, gradioApp().getElementById(`${SVD}_gallery_container`),
+            gradioApp().getElementById(`${SVD}_gallery`), function() {
+                if (generate) generate.disabled = false;
+            });
+        const args = Array.from(arguments);
+        args[0] = id;
+        return args;
+    };
 })();

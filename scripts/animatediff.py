@@ -31,7 +31,17 @@ import gradio as gr  # noqa: E402
 from modules import script_callbacks, scripts, shared  # noqa: E402
 
 from scripts.animatediff_webui import args as ad_args  # noqa: E402
-from scripts.animatediff_webui import i2i_batch, lifecycle, model_choices, settings, ui, xyz  # noqa: E402
+from scripts.animatediff_webui import (  # noqa: E402  # noqa: E402
+    i2i_batch,
+    lifecycle,
+    model_choices,
+    settings,
+    svd_api,
+    svd_job,
+    svd_tab,
+    ui,
+    xyz,
+)
 
 # ControlNet imports these by module name at run time (docs/host-interface.md): cache them as
 # scripts.<name> now, while the extension root is on sys.path.
@@ -138,3 +148,10 @@ script_callbacks.on_cfg_denoiser(lifecycle.on_cfg_denoiser, name="animatediff cf
 script_callbacks.on_infotext_pasted(ad_args.expand_pasted, name="animatediff infotext")
 script_callbacks.on_script_unloaded(lifecycle.on_script_unloaded, name="animatediff unload")
 script_callbacks.on_before_ui(_register_xyz_axes, name="animatediff xyz axes")
+# Stable Video Diffusion: its tab, the "Send to SVD" buttons, its API route
+script_callbacks.on_ui_tabs(svd_tab.on_ui_tabs, name="animatediff svd tab")
+script_callbacks.on_after_component(svd_tab.on_after_component, name="animatediff svd send buttons")
+script_callbacks.on_app_started(svd_api.on_app_started, name="animatediff svd api")
+script_callbacks.on_script_unloaded(
+    lambda: svd_job.forget_model("scripts unloaded"), name="animatediff svd unload"
+)
