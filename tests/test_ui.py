@@ -80,7 +80,8 @@ PROBE = textwrap.dedent(
             return f"script_{'img2img' if self.is_img2img else 'txt2img'}_animatediff_{item}"
     fake["modules.scripts"].Script, fake["modules.scripts"].AlwaysVisible = Script, object()
     fake["modules.scripts"].scripts_data = []
-    for hook in ("on_ui_settings", "on_cfg_denoiser", "on_infotext_pasted", "on_script_unloaded", "on_before_ui"):
+    for hook in ("on_ui_settings", "on_cfg_denoiser", "on_infotext_pasted", "on_script_unloaded", "on_before_ui",
+                 "on_ui_tabs", "on_after_component", "on_app_started"):
         setattr(fake["modules.script_callbacks"], hook, lambda cb, name=None, hook=hook: registered.setdefault(hook, cb))
     fake["modules.shared"].opts = types.SimpleNamespace(data={})
     fake["modules.shared"].cmd_opts = types.SimpleNamespace(animatediff_model_dir=None)
@@ -140,15 +141,21 @@ def gradio_runner() -> tuple[list[str], dict[str, str]]:
     return [sys.executable], env
 
 
-@pytest.fixture(scope="module")
-def probe() -> dict:
+def run_probe(code: str) -> dict:
+    """Run ``code`` (given the repository root and the gradio version as arguments) under gradio
+    3.41.2; it prints one line "PROBE<json>", returned decoded."""
     command, env = gradio_runner()
     result = subprocess.run(
-        [*command, "-c", PROBE, str(ROOT), GRADIO], capture_output=True, text=True, timeout=600, env=env
+        [*command, "-c", code, str(ROOT), GRADIO], capture_output=True, text=True, timeout=600, env=env
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("PROBE"))
     return json.loads(line[len("PROBE") :])
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict:
+    return run_probe(PROBE)
 
 
 def test_widget_table_covers_the_field_table_exactly():
@@ -196,6 +203,7 @@ def test_entry_script_loads_like_the_webui_loads_it(probe):
     assert entry["infotext_fields"] == len(probe["img2img"]["infotext_fields"])
     assert entry["callbacks"] == sorted(
         ["on_ui_settings", "on_cfg_denoiser", "on_infotext_pasted", "on_script_unloaded", "on_before_ui"]
+        + ["on_ui_tabs", "on_after_component", "on_app_started"]  # the SVD tab, its send buttons, its API
     )
     assert entry["controlnet_modules"] == [
         "scripts.animatediff_utils",
