@@ -6,7 +6,8 @@ fresh page and expects the panel restored and enabled. And the img2img Batch tab
 folder of 8 frames in, one 8-frame GIF in the gallery, AnimateDiff's files in the Output directory,
 once without ControlNet (our wrapper of the tab's loop) and once with it (ControlNet's hijack of
 the loop calls ``scripts.animatediff_i2ibatch``). And an MP4 result plays in the video player
-under the gallery. Screenshots go to artifacts/.
+under the gallery. And the SVD tab: a result sent to it, its Generate. Screenshots go to
+artifacts/.
 Needs Debian's ``chromium`` and the ``playwright`` package (its own browser downloads are never
 used: ``executable_path`` points at the system Chromium).
 """
@@ -414,3 +415,68 @@ def test_mp4_plays_under_the_gallery(browser, ui_server, artifacts_dir):
     assert link.get_attribute("href") == video.get_attribute("src")
     assert page.locator("#txt2img_gallery img[src*='.gif']").count() >= 1  # the GIF stays in the gallery
     page.close()
+
+
+# --- the SVD tab -------------------------------------------------------------------------------------
+
+SVD = "#animatediff_svd_"  # the SVD tab's element ids
+
+
+def svd_engine_ready(folder: Path) -> bool:
+    """Tiny random SVD checkpoints in ``folder`` if the engine's test factory is in the checkout."""
+    try:
+        from test_svd import write_checkpoints
+    except ImportError:
+        return False
+    try:
+        write_checkpoints(folder)
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
+def test_svd_tab_opens_takes_a_sent_image_and_generates(browser, ui_server, artifacts_dir):
+    """A txt2img result goes to the SVD tab with its "Send to SVD" button (the tab opens, the
+    image arrives); the tab shows its image input and Generate. With the engine's tiny checkpoints
+    in <data dir>/models/svd (listed after the refresh button), Generate gives a 4-frame GIF in the
+    gallery, the MP4 in the player under it, and the memory plan and infotext beside them."""
+    page = open_page(browser, ui_server)
+    page.fill("#txt2img_prompt textarea", "a photo of a cat")
+    for field, value in (("width", "64"), ("height", "64"), ("steps", "2")):
+        set_number(page, f"#txt2img_{field} input[type=number]", value)
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_gallery img", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_selector("#txt2img_interrupt", state="hidden", timeout=30_000)
+
+    page.click("#txt2img_send_to_animatediff_svd")
+    page.wait_for_selector(f"{SVD}image img", state="visible", timeout=30_000)  # the tab opened with it
+    assert page.locator(f"{SVD}generate").is_visible()
+    page.screenshot(path=str(artifacts_dir / "realhost-browser-svd-tab.png"))
+
+    if not svd_engine_ready(ui_server.data_dir / "models" / "svd"):
+        page.close()
+        pytest.skip(
+            "the SVD engine's test factory (tests/svd_factory.py) is not in this checkout: tab checked only"
+        )
+    page.click(f"{SVD}refresh")
+    model = page.locator(f"{SVD}model input")
+    page.wait_for_function(
+        f"() => document.querySelector('{SVD}model input').value.endsWith('.safetensors')", timeout=30_000
+    )
+    assert model.input_value() == "svd.safetensors"
+    for field, value in (("width", "64"), ("height", "64"), ("steps", "2")):
+        set_number(page, f"{SVD}{field} input[type=number]", value)
+    set_number(page, f"{SVD}frames input", "4")
+    page.locator(f"{SVD}formats label", has_text="MP4").locator("input").check()
+    page.click(f"{SVD}generate")
+
+    gallery_gif = page.wait_for_selector(f"{SVD}gallery img[src*='.gif']", timeout=GENERATE_TIMEOUT_MS)
+    page.wait_for_selector("#animatediff_svd_video video[src*='.mp4']", timeout=30_000)
+    page.screenshot(path=str(artifacts_dir / "realhost-browser-svd-generated.png"))
+    src = gallery_gif.get_attribute("src")
+    data = page.request.get(src if src.startswith("http") else f"{ui_server.url}/{src.lstrip('/')}").body()
+    info = page.locator(f"{SVD}info").inner_text()
+    page.close()
+    gif = Image.open(io.BytesIO(data))
+    assert gif.format == "GIF" and gif.n_frames == 4 and gif.size == (64, 64), (gif.format, gif.n_frames)
+    assert "Memory plan:" in info and 'SVD: "model: svd.safetensors, frames: 4' in info, info
