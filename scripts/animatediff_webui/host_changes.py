@@ -673,7 +673,7 @@ def svd_job(session: PatchSession, state: Any, job: str, steps: int) -> None:
         state.begin(job=job)
         state.job_count = 1
         state.sampling_steps = steps
-        state.textinfo = "SVD: loading the model"
+        state.textinfo = "SVD: preparing"
 
     _step(session, "SVD job on the progress bar", apply, state.end)
 
