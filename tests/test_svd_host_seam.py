@@ -192,7 +192,7 @@ def webui(monkeypatch, tmp_path):
         monkeypatch, sd_model=None, state=state, model_dir=tmp_path, call_queue=call_queue,
         progress=progress, paths=paths,
     )  # fmt: skip
-    shared.opts.data["outdir_img2img_samples"] = str(tmp_path / "outputs")
+    shared.opts.outdir_img2img_samples = str(tmp_path / "outputs")  # a WebUI default: not in opts.data
     devices = sys.modules["modules.devices"]
     devices.get_device_for = lambda task: torch.device("cpu")
     devices.gc_calls = []

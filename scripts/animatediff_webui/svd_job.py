@@ -282,11 +282,15 @@ def forget_model(reason: str = "cleared") -> None:
 
 def output_folder() -> str:
     """The WebUI's img2img output folder (SVD turns an image into a video), as its img2img tab
-    uses; ``SUBFOLDER`` and the date go below it."""
+    uses; ``SUBFOLDER`` and the date go below it. Read as attributes: ``opts.data`` holds only
+    what config.json set, the WebUI's own defaults come through ``opts.<key>``."""
     opts = _shared().opts
-    return (
-        opts.data.get("outdir_samples") or opts.data.get("outdir_img2img_samples") or "outputs/img2img-images"
-    )
+    folder = getattr(opts, "outdir_samples", "") or getattr(opts, "outdir_img2img_samples", "")
+    if not folder:
+        from modules import paths
+
+        folder = os.path.join(paths.data_path, "outputs", "img2img-images")
+    return folder
 
 
 def run(params: SvdParams, image: Image.Image, *, task_id: str | None = None) -> SvdOutcome:

@@ -469,7 +469,7 @@ def test_svd_tab_opens_takes_a_sent_image_and_generates(browser, ui_server, arti
     page.screenshot(path=str(artifacts_dir / "realhost-browser-svd-generated.png"))
     src = gallery_gif.get_attribute("src")
     data = page.request.get(src if src.startswith("http") else f"{ui_server.url}/{src.lstrip('/')}").body()
-    info = page.locator(f"{SVD}info").inner_text()
+    info = page.locator(f"{SVD}info").last.inner_text()
     page.close()
     gif = Image.open(io.BytesIO(data))
     assert gif.format == "GIF" and gif.n_frames == 4 and gif.size == (64, 64), (gif.format, gif.n_frames)
