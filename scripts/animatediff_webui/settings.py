@@ -164,7 +164,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "animatediff_svd_ff_chunk",
         0,
-        "SVD: temporal feed-forward chunk (rows; 0 = no chunking)",
+        "SVD: transformer feed-forward chunk (rows; 0 = no chunking)",
         "slider",
         {"minimum": 0, "maximum": 16384, "step": 64},
         "Smaller chunks lower the UNet's peak memory",
