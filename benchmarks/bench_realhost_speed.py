@@ -17,16 +17,27 @@ By default the server's glibc hands freed blocks >= 128 KiB straight back to the
 heap; every job pays the same page faults for it. ``--allocator tier`` keeps the tier's settings
 (faster, but RSS then only grows across the session).
 
-No ``--full`` (full-size SD1.5, model_channels 320): tests/realhost/make_assets.py only builds
-the scaled-down checkpoint (widths hard-coded at 32) and the motion-module factory its widths.
+``--full-size`` runs a random SD1.5 checkpoint at the real sizes (UNet 320 channels, CLIP ViT-L
+text encoder, VAE 128 channels; fp16 on disk, fp32 in the server) and a random v3 module at
+mm_sd15_v3's widths, both built once into make_assets' cache folder (~3 GB, outside the
+checkout). The server then holds ~6 GB; one job of 128 frames in "unet" mode takes minutes on
+one thread.
+
+Beside the measured ratios it prints the FLOP ratio each job would have if time followed FLOPs
+(benchmarks/sd15_flops.py counts the UNet, the motion module at a window of 16, the VAE decoder
+and the text encoder of the checkpoint): the motion module's share of a UNet call, and for each
+job (UNet and motion module over every window the schedule gives at each step, VAE per frame,
+text encoder per prompt) its FLOPs over the plain batch's. That ratio is the floor a job's time
+ratio can reach while the motion module's own FLOPs are spent.
 
     SD_WEBUI_DIR=/path/to/webui SD_WEBUI_PYTHON=/path/to/venv/bin/python \\
-        python benchmarks/bench_realhost_speed.py [--repeat 2] [--steps 4] [--frames 16 64 128]
+        python benchmarks/bench_realhost_speed.py [--full-size] [--repeat 2] [--steps 4] [--frames 16 64 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -66,6 +77,42 @@ def payload(steps: int, frames: int | None, mode: str | None) -> dict:
     }
     body["alwayson_scripts"] = {"AnimateDiff": {"args": [ad]}}
     return body
+
+
+def count_flops(ckpt: Path) -> dict:
+    """benchmarks/sd15_flops.py under the WebUI's interpreter for ``ckpt``'s yaml."""
+    from conftest import run_webui_python
+
+    args = ["--yaml", str(ckpt.with_suffix(".yaml")), "--latent", str(SIZE // 8), "--window", str(CONTEXT)]
+    return json.loads(run_webui_python(BENCH / "sd15_flops.py", *args, timeout=600)[-1])
+
+
+def job_flops(flops: dict, steps: int, frames: int | None, mode: str | None) -> float:
+    """FLOPs of one job: UNet and motion module over cond + uncond rows at every step (over the
+    schedule's windows when the video is longer than the context), VAE per frame, text per prompt."""
+    from motion_module.params import WindowMode, WindowParams
+    from motion_module.windows import schedule
+
+    text = 2 * flops["text_pass"]  # the prompt and the negative prompt, once per job
+    if frames is None:
+        return steps * 2 * PLAIN_BATCH * flops["unet_row"] + PLAIN_BATCH * flops["vae_frame"] + text
+    params = WindowParams(context=CONTEXT, overlap=OVERLAP, mode=WindowMode(mode))
+    unet = motion = 0.0
+    for step in range(steps):
+        evaluated = sum(len(w) for w in schedule(frames, step, params))  # frames the windows hold
+        unet += 2 * (frames if mode == "motion_module" else evaluated) * flops["unet_row"]
+        motion += 2 * evaluated * flops["mm_row"]
+    return unet + motion + frames * flops["vae_frame"] + text
+
+
+def frame_bytes(flops: dict) -> int:
+    """What one more frame may add to a job's peak memory: its latent, its decoded image (the
+    float tensor and the 8-bit image), and its text conditioning as the WebUI holds it (cond and
+    uncond rows, and their concatenation handed to the UNet: 4 rows of 77 tokens)."""
+    latent = 4 * (SIZE // 8) ** 2 * 4
+    decoded = 3 * SIZE * SIZE * (4 + 1)
+    conditioning = 4 * 77 * flops["context_dim"] * 4
+    return latent + decoded + conditioning
 
 
 def run_job(server, job: dict) -> dict:
@@ -111,6 +158,15 @@ def main() -> int:
     )
     parser.add_argument("--allocator", choices=list(ALLOCATORS), default="release")
     parser.add_argument(
+        "--full-size", action="store_true", help="full-size random SD1.5 and v3 module (cached, ~3 GB)"
+    )
+    parser.add_argument(
+        "--warm-up",
+        choices=["all", "short"],
+        default="all",
+        help="untimed first run of every job, or only of the plain batch and the shortest videos",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temp folder (server log in data-speed/)"
     )
     args = parser.parse_args()
@@ -150,15 +206,22 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     server = None
     try:
-        ckpt = harness.make_checkpoints(root)
-        mm_dir = harness.make_motion_modules(root)
+        if args.full_size:
+            ckpt = harness.full_size_checkpoint()
+            mm_dir = harness.make_motion_modules(root, full_size=True)
+        else:
+            ckpt = harness.make_checkpoints(root)
+            mm_dir = harness.make_motion_modules(root)
+        flops = count_flops(ckpt)
         server = harness.start_server(root, "data-speed", ckpt, mm_dir, api_only=True)
         print(
             f"server up in {time.perf_counter() - started:.0f} s (pid {server.proc.pid}, {server.threads} torch "
-            f"thread(s), allocator '{args.allocator}'); {SIZE}×{SIZE}, Euler {args.steps} steps",
+            f"thread(s), allocator '{args.allocator}'); {ckpt.name}, {SIZE}×{SIZE}, Euler {args.steps} steps",
             flush=True,
         )
-        for job in jobs:  # warm-up, not counted
+        short = args.frames[0]
+        warm = [j for j in jobs if args.warm_up == "all" or j["frames"] in (None, short)]
+        for job in warm:  # warm-up, not counted
             t = run_job(server, job)["seconds"]
             print(f"  warm-up {job['name']}: {t:.2f} s", flush=True)
         for n in range(args.repeat):
@@ -180,31 +243,46 @@ def main() -> int:
     for job in jobs:
         job["time"] = statistics.median(r["seconds"] for r in job["runs"])
         job["peak"] = max(r["peak"] for r in job["runs"])
+        job["flops"] = job_flops(flops, args.steps, job["frames"], job["mode"])
     base = jobs[0]
     source = "VmHWM after reset" if all(r["hwm"] for j in jobs for r in j["runs"]) else "VmRSS sampled 0.2 s"
     print()
     print(
-        f"| job | time / plain batch {PLAIN_BATCH} | peak RSS (MiB) / plain batch {PLAIN_BATCH}'s | median s "
-        "| peak RSS MiB |"
+        f"| job | time / plain batch {PLAIN_BATCH} | FLOPs / plain (floor) | peak RSS / plain batch "
+        f"{PLAIN_BATCH}'s | median s | peak RSS MiB |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for job in jobs:
         print(
-            f"| {job['name']} | {job['time'] / base['time']:.2f} | {job['peak'] / base['peak']:.3f} | "
-            f"{job['time']:.2f} | {job['peak']:.0f} |"
+            f"| {job['name']} | {job['time'] / base['time']:.2f} | {job['flops'] / base['flops']:.2f} | "
+            f"{job['peak'] / base['peak']:.3f} | {job['time']:.2f} | {job['peak']:.0f} |"
         )
+    print()
+    share = flops["mm_row"] / flops["unet_row"]
+    print(
+        f"motion module FLOPs: {share:.1%} of a UNet call's ({flops['mm_row'] / 1e9:.2f} vs "
+        f"{flops['unet_row'] / 1e9:.2f} GFLOP per row at a {SIZE // 8}² latent, window {CONTEXT}); VAE "
+        f"decoder {flops['vae_frame'] / 1e9:.1f} GFLOP per frame, text encoder "
+        f"{flops['text_pass'] / 1e9:.1f} GFLOP per prompt"
+    )
     print()
     short, longest = args.frames[0], args.frames[-1]
     print(
         f"| window mode | R² time ~ frames ({'/'.join(map(str, args.frames))}) | s per frame (slope) "
-        f"| peak RSS {longest} f / {short} f |"
+        f"| peak RSS {longest} f / {short} f | peak RSS growth {short} f → {longest} f (MiB) | allowed: "
+        "latents, decoded frames, conditioning (MiB) |"
     )
-    print("|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
+    allowed = (longest - short) * frame_bytes(flops) / 2**20
     for mode in MODES:
         mine = {j["frames"]: j for j in jobs if j["mode"] == mode}
         xs = [float(f) for f in args.frames]
         _, slope, r2 = r_squared(xs, [mine[f]["time"] for f in args.frames])
-        print(f"| {mode} | {r2:.4f} | {slope:.3f} | {mine[longest]['peak'] / mine[short]['peak']:.3f} |")
+        growth = mine[longest]["peak"] - mine[short]["peak"]
+        print(
+            f"| {mode} | {r2:.4f} | {slope:.3f} | {mine[longest]['peak'] / mine[short]['peak']:.3f} | "
+            f"{growth:.0f} | {allowed:.0f} |"
+        )
     print()
     print(
         f"peak RSS from {source}; {args.repeat} timed rounds after one warm-up each; load average "

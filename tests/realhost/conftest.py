@@ -89,36 +89,51 @@ def realhost_root():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def run_webui_python(script: Path, *args: str, timeout: float = 300) -> list[str]:
+    """``script`` under the WebUI's interpreter with ``--webui <checkout>`` and ``args``, offline;
+    the lines it printed (a failure is reported with the tail of its output)."""
+    webui = _webui_dir()
+    out = subprocess.run(
+        [_webui_python(webui), str(script), "--webui", str(webui), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, (
+        f"{script.name} {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
+    return out.stdout.splitlines()
+
+
+def run_make_assets(*args: str, timeout: float = 300) -> list[str]:
+    """make_assets.py under the WebUI's interpreter with ``args``; the lines it printed."""
+    return run_webui_python(HERE / "make_assets.py", *args, timeout=timeout)
+
+
 def make_checkpoints(root: Path) -> Path:
     """Tiny random SD1.5 checkpoint + same-named yaml in ``root``, built by the WebUI's own
     interpreter; a second one (``SECOND_CHECKPOINT``, other weights) sits beside it. Returns the
     first. (Also used by benchmarks/bench_controlnet.py.)"""
-    webui = _webui_dir()
-    out = subprocess.run(
-        [
-            _webui_python(webui),
-            str(HERE / "make_assets.py"),
-            "--webui",
-            str(webui),
-            "--out",
-            str(root),
-            "--second",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, f"make_assets.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    paths = [Path(line) for line in out.stdout.splitlines() if line.endswith(".safetensors")]
-    assert len(paths) == 2 and all(p.is_file() and p.with_suffix(".yaml").is_file() for p in paths), (
-        out.stdout
-    )
+    lines = run_make_assets("--out", str(root), "--second")
+    paths = [Path(line) for line in lines if line.endswith(".safetensors")]
+    assert len(paths) == 2 and all(p.is_file() and p.with_suffix(".yaml").is_file() for p in paths), lines
     return paths[0]
 
 
-def make_motion_modules(root: Path) -> Path:
-    """The random v3 motion module (``MM_NAME``) and its identity twin in ``root/motion-modules``."""
+def full_size_checkpoint() -> Path:
+    """The full-size random SD1.5 checkpoint (+ yaml) in make_assets' cache folder, built there
+    by the WebUI's interpreter the first time (a few minutes, ~2 GB fp16) and reused after.
+    (Used by benchmarks/bench_realhost_speed.py --full-size.)"""
+    path = Path(run_make_assets("--full-size", timeout=1800)[-1])
+    assert path.is_file() and path.with_suffix(".yaml").is_file(), path
+    return path
+
+
+def make_motion_modules(root: Path, full_size: bool = False) -> Path:
+    """The random v3 motion module (``MM_NAME``) and its identity twin in ``root/motion-modules``;
+    ``full_size``: only ``MM_NAME``, at SD1.5's real widths (mm_sd15_v3's 560 tensors, fp16,
+    ~830 MB), linked from make_assets' cache folder where it is made once."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from safetensors.torch import save_file
@@ -127,11 +142,33 @@ def make_motion_modules(root: Path) -> Path:
 
     folder = root / "motion-modules"
     folder.mkdir()
+    if full_size:
+        (folder / MM_NAME).symlink_to(full_size_motion_module())
+        return folder
     state = make_mm_state_dict("v3", widths=MINI_SD15, std=0.05, seed=7)
     save_file(state, str(folder / MM_NAME))
     identity = {k: (v.zero_() if ".proj_out." in k else v) for k, v in state.items()}
     save_file(identity, str(folder / MM_IDENTITY))
     return folder
+
+
+def full_size_motion_module() -> Path:
+    """A random v3 module at SD1.5's widths in the cache folder, built if missing. std 0.01 (not
+    the mini's 0.05): at 1280 channels the layers' gain stays below one, as a trained module's."""
+    import torch
+    from make_assets import FULL_SIZE_VERSION, full_size_cache
+    from safetensors.torch import save_file
+
+    from tests.factories import FULL_SD15, make_mm_state_dict
+
+    path = Path(full_size_cache()) / f"mm_sd15_v3_full_random-v{FULL_SIZE_VERSION}.safetensors"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = make_mm_state_dict("v3", widths=FULL_SD15, std=0.01, seed=7, dtype=torch.float16)
+        partial = path.with_suffix(".partial")
+        save_file(state, str(partial))
+        partial.replace(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -266,18 +303,9 @@ SDXL_MOTION_LORA = "mm_sdxl_lora_official"  # official keys for SDXL_BETA's laye
 @pytest.fixture(scope="session")
 def sdxl_checkpoint(realhost_root) -> Path:
     """Tiny random SDXL checkpoint (sgm layout) + same-named yaml, built by the WebUI's interpreter."""
-    webui = _webui_dir()
-    out = subprocess.run(
-        [_webui_python(webui), str(HERE / "make_assets.py"), "--webui", str(webui)]
-        + ["--out", str(realhost_root / "sdxl"), "--sdxl"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, f"make_assets.py --sdxl failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    path = Path(out.stdout.splitlines()[-1])
-    assert path.is_file() and path.with_suffix(".yaml").is_file(), out.stdout[-2000:]
+    lines = run_make_assets("--out", str(realhost_root / "sdxl"), "--sdxl")
+    path = Path(lines[-1])
+    assert path.is_file() and path.with_suffix(".yaml").is_file(), lines[-20:]
     return path
 
 

@@ -1,12 +1,20 @@
 """Builds the WebUI-side test assets at test time: a tiny random-weight SD1.5 checkpoint (and,
-for the ControlNet tests, a random ControlNet for its UNet: ``build_controlnet``).
+for the ControlNet tests, a random ControlNet for its UNet: ``build_controlnet``); with
+``--full-size`` a random SD1.5 checkpoint at the real sizes instead, for the speed benchmark.
 
 Runs under the WebUI's own interpreter (``SD_WEBUI_PYTHON``) so the checkpoint is made from the
 checkout's ldm classes and its ``configs/v1-inference.yaml``, scaled down (UNet and VAE 32
 channels, a 2-layer 64-wide text encoder) so a 64×64 txt2img step takes milliseconds on CPU. The
 CLIP tokenizer files are derived from the BPE vocabulary open-clip-torch ships: no hub access.
 
+The full-size checkpoint keeps the config's real widths (UNet 320 channels, VAE 128, a CLIP
+ViT-L/14 text encoder: 12 layers, 768 wide), random weights stored in fp16 (~2 GB; the server
+computes in fp32 with --no-half). It takes a minute and 7 GB of RAM to build, so it is made once
+into a cache folder (``full_size_cache``) and reused while its name (which carries
+``FULL_SIZE_VERSION``) matches: never into the repository.
+
     python make_assets.py --webui /path/to/webui --out /tmp/dir [--second]   # prints the paths
+    python make_assets.py --webui /path/to/webui --full-size [--out /cache/dir]
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ import os
 import sys
 
 TEXT_WIDTH = 64  # text-encoder hidden size = UNet context_dim
+FULL_TEXT_WIDTH = 768  # CLIP ViT-L/14's text tower, SD1.5's context_dim
+FULL_SIZE_NAME = "random-sd15-full"
+FULL_SIZE_VERSION = 1  # bump when the full-size build changes: cached files of other versions are rebuilt
 
 
 def byte_alphabet() -> dict[int, str]:
@@ -54,17 +65,19 @@ def write_tokenizer(out_dir: str) -> None:
         fh.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def write_text_config(out_dir: str) -> None:
+def write_text_config(out_dir: str, full_size: bool = False) -> None:
+    """The text encoder's config: 2 layers 64 wide, or CLIP ViT-L/14's 12 layers 768 wide."""
     from transformers import CLIPTextConfig
 
+    width = FULL_TEXT_WIDTH if full_size else TEXT_WIDTH
     config = CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=4 * TEXT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=12 if full_size else 2,
+        num_attention_heads=12 if full_size else 4,
         max_position_embeddings=77,
-        projection_dim=TEXT_WIDTH,
+        projection_dim=width,
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
@@ -72,11 +85,15 @@ def write_text_config(out_dir: str) -> None:
     config.save_pretrained(out_dir)
 
 
-def scaled_config(webui: str, text_dir: str):
-    """The checkout's v1-inference.yaml with every width divided by ten (GroupNorm needs 32)."""
+def scaled_config(webui: str, text_dir: str, full_size: bool = False):
+    """The checkout's v1-inference.yaml with every width divided by ten (GroupNorm needs 32), or
+    as it is (``full_size``); the text encoder read from ``text_dir`` either way."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(os.path.join(webui, "configs", "v1-inference.yaml"))
+    cfg.model.params.cond_stage_config.params = {"version": text_dir}
+    if full_size:
+        return cfg
     unet = cfg.model.params.unet_config.params
     unet.model_channels = 32
     unet.context_dim = TEXT_WIDTH
@@ -84,7 +101,6 @@ def scaled_config(webui: str, text_dir: str):
     vae = cfg.model.params.first_stage_config.params.ddconfig
     vae.ch = 32  # four levels stay: the latent factor must stay 8
     vae.num_res_blocks = 1
-    cfg.model.params.cond_stage_config.params = {"version": text_dir}
     return cfg
 
 
@@ -100,7 +116,11 @@ def randomize(module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5 / math.sqrt(p[0].numel()))
 
 
-def build_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sd15", seed: int = 0) -> str:
+def build_checkpoint(
+    webui: str, out_dir: str, name: str = "tiny-random-sd15", seed: int = 0, full_size: bool = False
+) -> str:
+    """The checkpoint (UNet, VAE, text encoder under ldm's keys) and its yaml in
+    ``out_dir/Stable-diffusion``; fp32 on disk, fp16 when ``full_size`` (half the size)."""
     sys.path.insert(0, os.path.join(webui, "repositories", "stable-diffusion-stability-ai"))
     import torch
     from ldm.util import instantiate_from_config
@@ -108,10 +128,11 @@ def build_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sd15", s
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    text_dir = os.path.join(out_dir, "clip-tiny")
+    text_dir = os.path.join(out_dir, "clip-full" if full_size else "clip-tiny")
     write_tokenizer(text_dir)
-    write_text_config(text_dir)
-    cfg = scaled_config(webui, text_dir)
+    write_text_config(text_dir, full_size)
+    cfg = scaled_config(webui, text_dir, full_size)
+    stored = torch.float16 if full_size else torch.float32
 
     torch.manual_seed(seed)
     unet = instantiate_from_config(cfg.model.params.unet_config)
@@ -125,14 +146,35 @@ def build_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sd15", s
         ("first_stage_model.", vae),
         ("cond_stage_model.transformer.", text),
     ):
-        state.update({prefix + k: v.detach().float().contiguous() for k, v in module.state_dict().items()})
+        state.update({prefix + k: v.detach().to(stored).contiguous() for k, v in module.state_dict().items()})
+    del unet, vae, text
 
     ckpt_dir = os.path.join(out_dir, "Stable-diffusion")
     os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, name + ".safetensors")
-    save_file(state, path)
     OmegaConf.save(cfg, os.path.join(ckpt_dir, name + ".yaml"))
+    partial = path + ".partial"  # renamed when complete: an interrupted build is never taken as done
+    save_file(state, partial)
+    os.replace(partial, path)
     return path
+
+
+def full_size_cache() -> str:
+    """Where the full-size checkpoint is kept between runs: ``$ANIMATEDIFF_REALHOST_CACHE`` or a
+    folder in the system temp dir (outside any checkout)."""
+    import tempfile
+
+    default = os.path.join(tempfile.gettempdir(), "animatediff-realhost-cache")
+    return os.environ.get("ANIMATEDIFF_REALHOST_CACHE") or default
+
+
+def full_size_checkpoint(webui: str, cache_dir: str) -> str:
+    """The cached full-size random SD1.5 checkpoint, built first if this version is missing."""
+    name = f"{FULL_SIZE_NAME}-v{FULL_SIZE_VERSION}"
+    path = os.path.join(cache_dir, "Stable-diffusion", name + ".safetensors")
+    if os.path.isfile(path) and os.path.isfile(os.path.join(cache_dir, "clip-full", "config.json")):
+        return path
+    return build_checkpoint(webui, cache_dir, name, seed=0, full_size=True)
 
 
 OPENCLIP_CONFIG = os.path.join(
@@ -257,10 +299,18 @@ def build_controlnet(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--webui", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="output folder (default with --full-size: the cache folder)")
     parser.add_argument("--second", action="store_true", help="also a second checkpoint (other weights)")
     parser.add_argument("--sdxl", action="store_true", help="a tiny SDXL checkpoint instead")
+    parser.add_argument(
+        "--full-size", action="store_true", help="the full-size SD1.5 checkpoint instead (built once, cached)"
+    )
     args = parser.parse_args()
+    if args.full_size:
+        print(full_size_checkpoint(args.webui, args.out or full_size_cache()))
+        return
+    if not args.out:
+        parser.error("--out is required (except with --full-size)")
     if args.sdxl:
         print(build_sdxl_checkpoint(args.webui, args.out))
         return

@@ -5,12 +5,10 @@ interpreter, which has sgm's packages)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import _webui_dir, _webui_python
+from conftest import run_webui_python
 
 pytestmark = pytest.mark.realhost
 HERE = Path(__file__).resolve().parent
@@ -18,16 +16,7 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    webui = _webui_dir()
-    out = subprocess.run(
-        [_webui_python(webui), str(HERE / "sgm_injection_probe.py"), "--webui", str(webui)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-    )
-    assert out.returncode == 0, f"sgm_injection_probe.py failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return json.loads(out.stdout.splitlines()[-1])
+    return json.loads(run_webui_python(HERE / "sgm_injection_probe.py")[-1])
 
 
 @pytest.mark.parametrize("family", ["sdxl_beta", "hotshot_xl", "sdxl_beta_identity", "hotshot_xl_identity"])
