@@ -261,6 +261,69 @@ def test_ip_adapter_keyframe_embeddings_are_sliced_per_window():
     assert torch.equal(adapters[0].image_emb.cond_emb, per_frame.cond_emb)
 
 
+def fake_ip_adapter_controlnet(monkeypatch, fields=("cond_emb", "uncond_emb")):
+    """ControlNet's pieces the IP-Adapter fix touches: its script (whose ``process`` builds the
+    per-frame embedding as ``ImageEmbed(cond, uncond, True)`` from its module globals) and its
+    ipadapter_model module (``ImageEmbed`` with ``fields``, ``IPAdapterModel.get_image_emb``)."""
+    import sys
+    from collections import namedtuple
+
+    image_embed = namedtuple("ImageEmbed", fields)
+
+    class IPAdapterModel:
+        def get_image_emb(self, preprocessor_output):
+            return ("encoded", preprocessor_output)
+
+    module = SimpleNamespace(ImageEmbed=image_embed, IPAdapterModel=IPAdapterModel)
+    monkeypatch.setitem(sys.modules, controlnet.IP_ADAPTER_MODEL_MODULE, module)
+    script_globals = {"ImageEmbed": image_embed}
+    exec("def process(self, cond, uncond):\n    return ImageEmbed(cond, uncond, True)\n", script_globals)
+    script_cls = type("ControlNetScript", (Script,), {"process": script_globals["process"]})
+    cn = script_cls("ControlNet", 2, 3)
+    p = SimpleNamespace(scripts=SimpleNamespace(alwayson_scripts=[cn]), script_args=(0, 0, {}))
+    return p, cn, module
+
+
+def test_ip_adapter_per_frame_embeddings_pass_controlnet_for_the_job(monkeypatch):
+    """ControlNet 1.1.4xx builds an IP-Adapter unit's per-frame embedding with three values for
+    an ``ImageEmbed`` that takes two (TypeError, logged by the WebUI, the unit silently dropped).
+    For the job its script builds a FrameEmbedding, which its IP-Adapter takes unchanged as an
+    ImageEmbed; other inputs are still encoded; closing the job restores both."""
+    from scripts.animatediff_webui.patch_session import PatchSession
+
+    p, cn, module = fake_ip_adapter_controlnet(monkeypatch)
+    cond, uncond = torch.randn(2 * FRAMES, 4, 8), torch.randn(1, 4, 8)
+    with pytest.raises(TypeError):
+        cn.process(cond, uncond)  # as ControlNet 1.1.455 fails
+    session = PatchSession()
+    controlnet.ip_adapter_per_frame(session, p)
+    made = cn.process(cond, uncond)
+    assert isinstance(made, controlnet.FrameEmbedding) and not isinstance(made, tuple)
+    adapter = module.IPAdapterModel()
+    taken = adapter.get_image_emb(made)
+    assert type(taken) is module.ImageEmbed
+    assert taken.cond_emb is cond and taken.uncond_emb is uncond
+    assert adapter.get_image_emb("clip output") == ("encoded", "clip output")
+    session.close()
+    with pytest.raises(TypeError):
+        cn.process(cond, uncond)
+    assert "get_image_emb" in vars(module.IPAdapterModel)
+    assert adapter.get_image_emb(made) == ("encoded", made)
+
+
+def test_ip_adapter_fix_is_skipped_where_controlnet_handles_it(monkeypatch):
+    """An ``ImageEmbed`` with a third field (ControlNet before it dropped it) works as it is:
+    nothing is changed; nor without ControlNet."""
+    from scripts.animatediff_webui.patch_session import PatchSession
+
+    p, cn, module = fake_ip_adapter_controlnet(monkeypatch, ("cond_emb", "uncond_emb", "bypass_average"))
+    session = PatchSession()
+    controlnet.ip_adapter_per_frame(session, p)
+    controlnet.ip_adapter_per_frame(session, SimpleNamespace(scripts=None))
+    assert session.step_names == []
+    assert type(cn.process(1, 2)) is module.ImageEmbed
+
+
 class OnAccelerator(torch.Tensor):
     """A hint as ControlNet leaves it: on the UNet's device (reported as ``cuda:0``; the data
     lives on this test machine's CPU)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -267,6 +268,53 @@ def _remove(folders: Sequence[str]) -> None:
 def remove_temp_dirs(plan: VideoPlan | None) -> None:
     if plan is not None:
         _remove(plan.temp_dirs)
+
+
+# --- IP-Adapter embeddings per frame ---------------------------------------------------------------
+
+IP_ADAPTER_MODEL_MODULE = "scripts.ipadapter.ipadapter_model"
+
+
+@dataclass(frozen=True)
+class FrameEmbedding:
+    """An IP-Adapter embedding ControlNet made for the frames of an AnimateDiff batch unit (one
+    ``cond_emb`` row per frame, or per image). ControlNet builds it as ``ImageEmbed(cond,
+    uncond, True)``; the third value (``ready``) marks it as final, not to be averaged. Not a
+    tuple: ControlNet's IP-Adapter would take a tuple for a list of images."""
+
+    cond_emb: torch.Tensor
+    uncond_emb: torch.Tensor
+    ready: bool = True
+
+
+def ip_adapter_per_frame(session: Any, p: Any) -> None:
+    """Let an IP-Adapter unit's per-frame embeddings (``keyframe:`` lines, or one image per
+    frame) through sd-webui-controlnet for this job.
+
+    ControlNet 1.1.4xx builds them as ``ImageEmbed(cond, uncond, True)`` in its script's
+    ``process``, but its ``ImageEmbed`` lost the third field (and its IP-Adapter the code that
+    took such an embedding as is): the call raises TypeError, which the WebUI logs before going
+    on without the unit. For the job, the script's ``ImageEmbed`` name is ``FrameEmbedding``
+    and the IP-Adapter's ``get_image_emb`` turns one into ControlNet's ``ImageEmbed`` unchanged;
+    nothing else changes. Skipped without ControlNet, or when its ``ImageEmbed`` takes three
+    values (a ControlNet that still handles this itself)."""
+    cn = find_script(p)
+    model_module = sys.modules.get(IP_ADAPTER_MODEL_MODULE)
+    process = getattr(type(cn), "process", None) if cn is not None else None
+    script_globals = getattr(process, "__globals__", None)
+    if model_module is None or not isinstance(script_globals, dict):
+        return
+    image_embed = getattr(model_module, "ImageEmbed", None)
+    adapter_cls = getattr(model_module, "IPAdapterModel", None)
+    if script_globals.get("ImageEmbed") is not image_embed or adapter_cls is None:
+        return
+    if len(getattr(image_embed, "_fields", ())) != 2:
+        return
+
+    def to_image_embed(embedding: FrameEmbedding) -> Any:
+        return image_embed(embedding.cond_emb, embedding.uncond_emb)
+
+    host_changes.ip_adapter_per_frame(session, script_globals, adapter_cls, FrameEmbedding, to_image_embed)
 
 
 # --- sampling ------------------------------------------------------------------------------------

@@ -75,6 +75,10 @@ STEPS: tuple[Change, ...] = (
     ),
     Change("SparseCtrl frame layout", ("animatediff_mm.current_layout[]",)),
     Change(
+        "IP-Adapter embeddings per frame through ControlNet",
+        ("controlnet_script_globals[]", "IPAdapterModel.get_image_emb"),
+    ),
+    Change(
         "inject motion module",
         ("unet.input_blocks[]", "unet.middle_block[]", "unet.output_blocks[]", "unet layer.forward"),
     ),
@@ -250,6 +254,39 @@ def sparsectrl_layout(session: PatchSession, layout: Any) -> None:
     if not isinstance(current, list):
         return
     _step(session, "SparseCtrl frame layout", lambda: current.append(layout), lambda: current.remove(layout))
+
+
+def ip_adapter_per_frame(
+    session: PatchSession,
+    script_globals: dict[str, Any],
+    adapter_cls: type,
+    embedding_cls: type,
+    to_image_embed: Callable[[Any], Any],
+) -> None:
+    """For the job, ControlNet's script makes its per-frame IP-Adapter embedding as an
+    ``embedding_cls`` (its ``ImageEmbed`` name in ``script_globals``), and its IP-Adapter takes
+    such an embedding as it is (``adapter_cls.get_image_emb`` returns ``to_image_embed(it)``)
+    instead of encoding it again. Every other input goes to ControlNet's own method."""
+    original = adapter_cls.get_image_emb
+
+    def get_image_emb(self: Any, preprocessor_output: Any) -> Any:
+        if isinstance(preprocessor_output, embedding_cls):
+            return to_image_embed(preprocessor_output)
+        return original(self, preprocessor_output)
+
+    def apply() -> tuple[Any, Any]:
+        saved = (script_globals.get("ImageEmbed", _MISSING), _own(adapter_cls, "get_image_emb"))
+        script_globals["ImageEmbed"] = embedding_cls
+        adapter_cls.get_image_emb = get_image_emb
+        return saved
+
+    def undo(saved: tuple[Any, Any]) -> None:
+        name, method = saved
+        if name is not _MISSING:
+            script_globals["ImageEmbed"] = name
+        _restore(adapter_cls, {"get_image_emb": method})
+
+    _step(session, "IP-Adapter embeddings per frame through ControlNet", apply, undo)
 
 
 def img2vid_latents(session: PatchSession, p: Any, latents: torch.Tensor) -> None:

@@ -378,6 +378,8 @@ def sdxl_server(realhost_root, sdxl_checkpoint, sdxl_motion_dir, sdxl_lora_dir):
 # --- sd-webui-controlnet ---------------------------------------------------------------------------
 
 CN_MODEL_STEM = "tiny-random-control"  # <data-dir>/models/ControlNet/<stem>.safetensors
+IP_ADAPTER_STEM = "ip-adapter_sd15_tiny_random"  # beside it; "sd15" tells ControlNet the SD version
+IP_ADAPTER_CLIP_DIM = 32  # the image-embedding width of the probe's tiny CLIP tower (TINY_CLIP_H)
 
 
 def controlnet_source() -> tuple[Path | None, str]:
@@ -393,23 +395,36 @@ def controlnet_source() -> tuple[Path | None, str]:
 
 def prepare_controlnet(data: Path, checkpoint: Path, source: Path) -> None:
     """A data dir made ready for ControlNet: ``source`` linked into extensions/, the probe
-    (cn_probe_extension), a random ControlNet for ``checkpoint``'s UNet in models/ControlNet and
-    an empty media/ folder. (Also used by benchmarks/bench_controlnet.py.)"""
-    from make_assets import build_controlnet
+    (cn_probe_extension), a random ControlNet and a random IP-Adapter for ``checkpoint``'s UNet
+    in models/ControlNet, ControlNet's preprocessor models in the data dir (an empty
+    clip_vision/clip_h.pth: the probe builds a tiny seeded tower in its place, and ControlNet
+    downloads only missing files) and an empty media/ folder. (Also used by
+    benchmarks/bench_controlnet.py.)"""
+    import torch
+    from make_assets import build_controlnet, build_ip_adapter
 
     (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
     shutil.copytree(HERE / "cn_probe_extension", data / "extensions" / "zz-realhost-cn-probe")
     models = data / "models" / "ControlNet"
     models.mkdir(parents=True)
     build_controlnet(str(checkpoint), str(models / f"{CN_MODEL_STEM}.safetensors"))
+    build_ip_adapter(str(checkpoint), str(models / f"{IP_ADAPTER_STEM}.safetensors"), IP_ADAPTER_CLIP_DIM)
+    annotators = data / "controlnet-annotators"
+    (annotators / "clip_vision").mkdir(parents=True)
+    # the legacy format: the WebUI's safe unpickler refuses the .format_version entry of new zips
+    torch.save({}, annotators / "clip_vision" / "clip_h.pth", _use_new_zipfile_serialization=False)
+    config = json.loads((data / "config.json").read_text())
+    config["control_net_modules_path"] = str(annotators)
+    (data / "config.json").write_text(json.dumps(config))
     (data / "media").mkdir()
 
 
-def controlnet_model_name(server) -> str:
-    """The random ControlNet's name as the running server's ControlNet lists it."""
+def controlnet_model_name(server, stem: str = CN_MODEL_STEM) -> str:
+    """A test model's name (default: the random ControlNet's) as the running server's ControlNet
+    lists it."""
     names = server.get("/controlnet/model_list").json()["model_list"]
-    matches = [n for n in names if n.startswith(CN_MODEL_STEM)]
-    assert len(matches) == 1, f"ControlNet lists {names}; expected one {CN_MODEL_STEM} [hash]"
+    matches = [n for n in names if n.startswith(stem)]
+    assert len(matches) == 1, f"ControlNet lists {names}; expected one {stem} [hash]"
     return matches[0]
 
 
@@ -417,7 +432,8 @@ def controlnet_model_name(server) -> str:
 def cn_server(request, realhost_root):
     """API-only server with sd-webui-controlnet linked into its private extensions/, the ControlNet
     probe (cn_probe_extension) and a random ControlNet for the tiny checkpoint's UNet in
-    models/ControlNet. ``server.cn_model`` is that model's name as ControlNet lists it,
+    models/ControlNet (and a random IP-Adapter). ``server.cn_model`` and ``server.ip_adapter_model``
+    are their names as ControlNet lists them,
     ``server.media`` a folder inside the data dir for test videos and frames (requests may read
     only inside the data dir: the server is started with --server-name), ``server.fresh_plain``
     the PLAIN job's images right after the start."""
@@ -429,7 +445,7 @@ def cn_server(request, realhost_root):
     motion_module_dir = request.getfixturevalue("motion_module_dir")
     server = start_server(
         realhost_root,
-        "data-cn",
+        f"data-cn-{request.module.__name__}",  # one server per test module, each its own data dir
         checkpoint,
         motion_module_dir,
         api_only=True,
@@ -438,6 +454,7 @@ def cn_server(request, realhost_root):
     try:
         server.media = server.data_dir / "media"
         server.cn_model = controlnet_model_name(server)
+        server.ip_adapter_model = controlnet_model_name(server, IP_ADAPTER_STEM)
         body = server.generate("/sdapi/v1/txt2img", PLAIN)
         server.fresh_plain = [decode_image(b) for b in body["images"]]
         yield server

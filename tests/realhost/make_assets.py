@@ -296,6 +296,50 @@ def build_controlnet(
     return out_path
 
 
+def ip_adapter_attention_keys() -> list[str]:
+    """The SD1.5 UNet's cross-attention layers in the order sd-webui-controlnet numbers an
+    IP-Adapter's ``ip_adapter.{2n+1}.to_k_ip`` / ``to_v_ip`` pairs: input blocks 1, 2, 4, 5, 7, 8,
+    output blocks 3 to 11, then the middle block (the official ip-adapter_sd15 order)."""
+    blocks = [f"input_blocks.{i}.1" for i in (1, 2, 4, 5, 7, 8)]
+    blocks += [f"output_blocks.{i}.1" for i in range(3, 12)] + ["middle_block.1"]
+    return [f"{block}.transformer_blocks.0.attn2" for block in blocks]
+
+
+def build_ip_adapter(
+    ckpt_path: str, out_path: str, clip_dim: int, tokens: int = 4, seed: int = 5, gain: float = 2.0
+) -> str:
+    """A random IP-Adapter in the ``ip-adapter_sd15`` layout (``image_proj.proj`` /
+    ``image_proj.norm``, ``ip_adapter.{2n+1}.to_k_ip|to_v_ip.weight``) for the UNet of
+    ``ckpt_path``. sd-webui-controlnet sizes it from the file: the cross-attention width from
+    ``ip_adapter.1.to_k_ip.weight``, the CLIP embedding width (``clip_dim``) from
+    ``image_proj.proj.weight``'s columns, the token count from its rows over that width; each
+    ``to_k_ip``/``to_v_ip`` has the shape of its layer's ``attn2.to_k``. ``gain`` makes the image
+    tokens reach the frames. Needs only torch and safetensors."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    unet = load_file(ckpt_path)
+    prefix = "model.diffusion_model."
+    context = int(unet[prefix + ip_adapter_attention_keys()[0] + ".to_k.weight"].shape[1])
+    gen = torch.Generator().manual_seed(seed)
+
+    def linear(rows: int, cols: int) -> torch.Tensor:
+        return torch.randn(rows, cols, generator=gen) * gain / math.sqrt(cols)
+
+    state = {
+        "image_proj.proj.weight": linear(tokens * context, clip_dim),
+        "image_proj.proj.bias": torch.randn(tokens * context, generator=gen) * 0.1,
+        "image_proj.norm.weight": 1 + 0.1 * torch.randn(context, generator=gen),
+        "image_proj.norm.bias": 0.1 * torch.randn(context, generator=gen),
+    }
+    for n, layer in enumerate(ip_adapter_attention_keys()):
+        inner = int(unet[prefix + layer + ".to_k.weight"].shape[0])
+        for name in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{2 * n + 1}.{name}.weight"] = linear(inner, context)
+    save_file({k: v.float().contiguous() for k, v in state.items()}, out_path)
+    return out_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--webui", required=True)

@@ -13,6 +13,15 @@ records what its control model sees on every UNet call.
 4. Every call of ``get_control`` in ControlNet's scripts/controlnet.py (the function that runs a
    unit's preprocessor over its input images and builds its control tensors; one call per unit
    per job is expected) records the unit, how many images it prepared and how long it took.
+5. IP-Adapter: ControlNet's CLIP ViT-H image encoder (``annotator.clipvision``, built from a
+   fixed config, weights loaded with ``strict=False`` from models/clip_vision/clip_h.pth) is
+   built from ``TINY_CLIP_H`` instead, with seeded random weights (the tier writes an empty
+   clip_h.pth so nothing is downloaded). ``PlugableIPAdapter.hook`` records the rows of the
+   image embedding it made for the job (``ip_hooks``), and every new embedding object its
+   attention layers evaluate (one per UNet call when AnimateDiff hands each window its rows)
+   records its rows and the call's row count (``ip_evals``, with how many layers used it).
+   ``IPAdapterModel.get_image_emb`` records the rows of every embedding it makes from an
+   encoded image (``ip_encodings``).
 
 ``GET /realhost/cn-record`` returns the record; ``POST /realhost/cn-record/reset`` clears it.
 Nothing in the product knows about it.
@@ -25,7 +34,25 @@ import threading
 from modules import script_callbacks
 
 _lock = threading.Lock()
-_record: dict = {"loads": [], "hooks": [], "calls": [], "controls": [], "errors": []}
+_record: dict = {
+    "loads": [],
+    "hooks": [],
+    "calls": [],
+    "controls": [],
+    "ip_hooks": [],
+    "ip_evals": [],
+    "ip_encodings": [],
+    "errors": [],
+}
+# A CLIP vision tower small enough to build in a blink; IP-Adapters of the tier project its
+# 32-wide image embedding.
+TINY_CLIP_H = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "projection_dim": 32,
+}
 _patched: list[str] = []
 
 
@@ -174,6 +201,93 @@ def _patch_get_control() -> None:
     print("realhost-cn-probe: get_control patched", flush=True)
 
 
+def _patch_clip_vision() -> None:
+    try:
+        import annotator.clipvision as clipvision  # ControlNet's package, imported when it loaded
+    except ImportError as error:
+        with _lock:
+            _record["errors"].append(f"clip vision: {type(error).__name__}: {error}")
+        return
+    detector = clipvision.ClipVisionDetector
+    if getattr(detector, "_realhost_probe", False):
+        return
+    clipvision.configs["clip_h"].update(TINY_CLIP_H)
+    original_init = detector.__init__
+
+    def init(self, *args, **kwargs):
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # the same tower every run, the global RNG untouched
+            torch.manual_seed(11)
+            original_init(self, *args, **kwargs)
+
+    detector.__init__ = init
+    detector._realhost_probe = True
+    print("realhost-cn-probe: CLIP ViT-H replaced by a tiny tower", flush=True)
+
+
+def _patch_ip_adapter() -> None:
+    model = sys.modules.get("scripts.ipadapter.ipadapter_model")
+    plugable = sys.modules.get("scripts.ipadapter.plugable_ipadapter")
+    if model is None or plugable is None or getattr(model.ImageEmbed, "_realhost_probe", False):
+        return
+    embed_cls = model.ImageEmbed
+    original_eval = embed_cls.eval
+    original_hook = plugable.PlugableIPAdapter.hook
+    last: list = [None]
+
+    def eval_(self, cond_mark):
+        try:
+            if self is not last[0]:
+                last[0] = self  # held, so a later embedding is never mistaken for this one
+                with _lock:
+                    _record["ip_evals"].append(
+                        {
+                            "cond_rows": _rows(self.cond_emb),
+                            "uncond_rows": _rows(self.uncond_emb),
+                            "call_rows": int(cond_mark.shape[0]),
+                            "layers": 0,
+                        }
+                    )
+            with _lock:
+                _record["ip_evals"][-1]["layers"] += 1
+        except Exception as error:
+            with _lock:
+                _record["errors"].append(f"ip eval: {type(error).__name__}: {error}")
+        return original_eval(self, cond_mark)
+
+    def hook(self, *args, **kwargs):
+        out = original_hook(self, *args, **kwargs)
+        try:
+            emb = self.image_emb
+            with _lock:
+                _record["ip_hooks"].append(
+                    {"cond_rows": _rows(emb.cond_emb), "uncond_rows": _rows(emb.uncond_emb)}
+                )
+        except Exception as error:
+            with _lock:
+                _record["errors"].append(f"ip hook: {type(error).__name__}: {error}")
+        return out
+
+    original_encode = model.IPAdapterModel.get_image_emb
+
+    def get_image_emb(self, preprocessor_output):
+        out = original_encode(self, preprocessor_output)
+        try:
+            with _lock:
+                _record["ip_encodings"].append({"cond_rows": _rows(out.cond_emb)})
+        except Exception as error:
+            with _lock:
+                _record["errors"].append(f"ip encode: {type(error).__name__}: {error}")
+        return out
+
+    embed_cls.eval = eval_
+    embed_cls._realhost_probe = True
+    plugable.PlugableIPAdapter.hook = hook
+    model.IPAdapterModel.get_image_emb = get_image_emb
+    print("realhost-cn-probe: IP-Adapter patched", flush=True)
+
+
 def _get_record() -> dict:
     with _lock:
         return {**{k: list(v) for k, v in _record.items()}, "patched": bool(_patched)}
@@ -189,10 +303,14 @@ def _reset() -> dict:
 def _routes(_demo, app) -> None:
     _patch()
     _patch_get_control()
+    _patch_clip_vision()
+    _patch_ip_adapter()
     app.add_api_route("/realhost/cn-record", _get_record, methods=["GET"])
     app.add_api_route("/realhost/cn-record/reset", _reset, methods=["POST"])
 
 
 _patch()  # ControlNet's scripts load before this one (extensions load sorted by folder name)
 _patch_get_control()
+_patch_clip_vision()
+_patch_ip_adapter()
 script_callbacks.on_app_started(_routes)
