@@ -10,6 +10,7 @@ fault-injection extension.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -403,10 +404,7 @@ def prepare_controlnet(data: Path, checkpoint: Path, source: Path) -> None:
     import torch
     from make_assets import build_controlnet, build_ip_adapter
 
-    (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
-    shutil.copytree(HERE / "cn_probe_extension", data / "extensions" / "zz-realhost-cn-probe")
-    models = data / "models" / "ControlNet"
-    models.mkdir(parents=True)
+    models = link_controlnet(data, source)
     build_controlnet(str(checkpoint), str(models / f"{CN_MODEL_STEM}.safetensors"))
     build_ip_adapter(str(checkpoint), str(models / f"{IP_ADAPTER_STEM}.safetensors"), IP_ADAPTER_CLIP_DIM)
     annotators = data / "controlnet-annotators"
@@ -416,7 +414,30 @@ def prepare_controlnet(data: Path, checkpoint: Path, source: Path) -> None:
     config = json.loads((data / "config.json").read_text())
     config["control_net_modules_path"] = str(annotators)
     (data / "config.json").write_text(json.dumps(config))
+
+
+def link_controlnet(data: Path, source: Path) -> Path:
+    """ControlNet (``source``) linked into the data dir's extensions/, the probe
+    (cn_probe_extension) beside it, and empty models/ControlNet (returned) and media/ folders."""
+    (data / "extensions" / "sd-webui-controlnet").symlink_to(source, target_is_directory=True)
+    shutil.copytree(HERE / "cn_probe_extension", data / "extensions" / "zz-realhost-cn-probe")
+    models = data / "models" / "ControlNet"
+    models.mkdir(parents=True)
     (data / "media").mkdir()
+    return models
+
+
+@contextlib.contextmanager
+def serving(server):
+    """The started ``server`` with ``server.media`` and ``server.fresh_plain`` (the PLAIN job's
+    images right away); stopped when the block ends."""
+    try:
+        server.media = server.data_dir / "media"
+        body = server.generate("/sdapi/v1/txt2img", PLAIN)
+        server.fresh_plain = [decode_image(b) for b in body["images"]]
+        yield server
+    finally:
+        server.stop()
 
 
 def controlnet_model_name(server, stem: str = CN_MODEL_STEM) -> str:
@@ -451,15 +472,10 @@ def cn_server(request, realhost_root):
         api_only=True,
         prepare=lambda data: prepare_controlnet(data, checkpoint, source),
     )
-    try:
-        server.media = server.data_dir / "media"
+    with serving(server):
         server.cn_model = controlnet_model_name(server)
         server.ip_adapter_model = controlnet_model_name(server, IP_ADAPTER_STEM)
-        body = server.generate("/sdapi/v1/txt2img", PLAIN)
-        server.fresh_plain = [decode_image(b) for b in body["images"]]
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -491,3 +507,42 @@ def cn_ui_server(request, realhost_root):
         yield server
     finally:
         server.stop()
+
+
+SPARSECTRL_STEM = "v3_sd15_sparsectrl_rgb_random"  # <data-dir>/models/ControlNet/<stem>.safetensors
+
+
+@pytest.fixture(scope="module")
+def sparsectrl_server(realhost_root):
+    """API-only server on the full-size random SD1.5 checkpoint and v3 module (sd-webui-controlnet
+    builds SparseCtrl at SD1.5's real widths and loads it strictly) with ControlNet linked, the
+    probe, and a random SparseCtrl RGB model for that checkpoint (written now, fp16, ~0.8 GB) in
+    models/ControlNet; ``server.sparsectrl_model`` is its name as ControlNet lists it,
+    ``server.fresh_plain`` the PLAIN job's images right after the start. Several GB of RAM."""
+    source, reason = controlnet_source()
+    if source is None:
+        print(f"\nskipping the SparseCtrl tests: {reason}")
+        pytest.skip(reason)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from make_assets import build_sparsectrl_rgb
+
+    from tests.factories import FULL_SD15, make_mm_state_dict
+
+    checkpoint = full_size_checkpoint()
+    root = realhost_root / "full-size"
+    root.mkdir()
+    motion_module_dir = make_motion_modules(root, full_size=True)
+
+    def prepare(data: Path) -> None:
+        models = link_controlnet(data, source)
+        motion = make_mm_state_dict("v3", widths=FULL_SD15, pe_len=32, include_pe=True, std=0.01, seed=8)
+        motion = {k: v for k, v in motion.items() if k.startswith("down_blocks.")}  # SparseCtrl's sites
+        build_sparsectrl_rgb(str(checkpoint), str(models / f"{SPARSECTRL_STEM}.safetensors"), motion)
+
+    server = start_server(
+        realhost_root, "data-sparsectrl", checkpoint, motion_module_dir, True, prepare=prepare
+    )
+    with serving(server):
+        server.sparsectrl_model = controlnet_model_name(server, SPARSECTRL_STEM)
+        yield server

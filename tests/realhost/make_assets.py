@@ -248,26 +248,26 @@ def build_sdxl_checkpoint(webui: str, out_dir: str, name: str = "tiny-random-sdx
     return path
 
 
-def build_controlnet(
-    ckpt_path: str, out_path: str, seed: int = 3, hint_gain: float = 2.0, zero_gain: float = 1.0
-) -> str:
-    """A random ControlNet (ldm ``cldm`` layout, keys prefixed ``control_model.``) matching the
-    UNet of ``ckpt_path``: its encoder (time embedding, input and middle blocks) is a copy of
-    that UNet's, as a ControlNet is when training starts; the hint block and the zero
-    convolutions get random values large enough that the control reaches the frames (at their
-    usual initialisation, small and zero, it would barely change them). The hint block's last
-    conv sets the width (sd-webui-controlnet reads it through the tier's probe extension).
-    Needs only torch and safetensors."""
+def controlnet_encoder(ckpt_path: str, seed: int):
+    """The parts every ldm ``cldm`` ControlNet for the UNet of ``ckpt_path`` shares: its encoder
+    (time embedding, input and middle blocks) copied from that UNet, as a ControlNet is when
+    training starts. Returns the state (unprefixed keys), the UNet's width,
+    ``conv(name, c_in, c_out, k, gain)`` that adds a random conv to the state, and
+    ``zero_convs(gain)`` that adds the zero convolutions with random values (at their usual
+    zeros the control would not reach the frames), both from one seeded generator. Reads only
+    the UNet's encoder tensors from the file."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
 
     unet_prefix = "model.diffusion_model."
-    unet = {k[len(unet_prefix) :]: v for k, v in load_file(ckpt_path).items() if k.startswith(unet_prefix)}
-    state = {
-        k: v.clone()
-        for k, v in unet.items()
-        if k.startswith(("time_embed.", "input_blocks.", "middle_block."))
-    }
+    encoder = ("time_embed.", "input_blocks.", "middle_block.")
+    with safe_open(ckpt_path, "pt") as fh:
+        unet = {
+            k[len(unet_prefix) :]: fh.get_tensor(k)
+            for k in fh.keys()
+            if k.startswith(unet_prefix) and k[len(unet_prefix) :].startswith(encoder)
+        }
+    state = dict(unet)
     width = int(unet["input_blocks.0.0.weight"].shape[0])
     gen = torch.Generator().manual_seed(seed)
 
@@ -276,23 +276,59 @@ def build_controlnet(
         state[name + ".weight"] = torch.randn(c_out, c_in, k, k, generator=gen) * gain / math.sqrt(fan_in)
         state[name + ".bias"] = torch.randn(c_out, generator=gen) * 0.1
 
-    hint = [3, 16, 16, 32, 32, 96, 96, 256, width]  # cldm's input_hint_block: 8 convs, SiLU between
-    for i in range(8):
-        conv(f"input_hint_block.{2 * i}", hint[i], hint[i + 1], 3, hint_gain)
-
     def out_channels(block: int) -> int:
         for key in (f"input_blocks.{block}.0.out_layers.3.weight", f"input_blocks.{block}.0.op.weight"):
             if key in unet:
                 return int(unet[key].shape[0])
         return int(unet[f"input_blocks.{block}.0.weight"].shape[0])
 
-    blocks = sorted({int(k.split(".")[1]) for k in unet if k.startswith("input_blocks.")})
-    for block in blocks:
-        ch = out_channels(block)
-        conv(f"zero_convs.{block}.0", ch, ch, 1, zero_gain)
-    mid = int(unet["middle_block.2.out_layers.3.weight"].shape[0])
-    conv("middle_block_out.0", mid, mid, 1, zero_gain)
+    def zero_convs(gain: float) -> None:
+        blocks = sorted({int(k.split(".")[1]) for k in unet if k.startswith("input_blocks.")})
+        for block in blocks:
+            ch = out_channels(block)
+            conv(f"zero_convs.{block}.0", ch, ch, 1, gain)
+        mid = int(unet["middle_block.2.out_layers.3.weight"].shape[0])
+        conv("middle_block_out.0", mid, mid, 1, gain)
+
+    return state, width, conv, zero_convs
+
+
+def build_controlnet(
+    ckpt_path: str, out_path: str, seed: int = 3, hint_gain: float = 2.0, zero_gain: float = 1.0
+) -> str:
+    """A random ControlNet (ldm ``cldm`` layout, keys prefixed ``control_model.``) matching the
+    UNet of ``ckpt_path`` (``controlnet_encoder``), with a random hint block large enough that
+    the control reaches the frames. The hint block's last conv sets the width
+    (sd-webui-controlnet reads it through the tier's probe extension). Needs only torch and
+    safetensors."""
+    from safetensors.torch import save_file
+
+    state, width, conv, zero_convs = controlnet_encoder(ckpt_path, seed)
+    hint = [3, 16, 16, 32, 32, 96, 96, 256, width]  # cldm's input_hint_block: 8 convs, SiLU between
+    for i in range(8):
+        conv(f"input_hint_block.{2 * i}", hint[i], hint[i + 1], 3, hint_gain)
+    zero_convs(zero_gain)
     save_file({"control_model." + k: v.float().contiguous() for k, v in state.items()}, out_path)
+    return out_path
+
+
+def build_sparsectrl_rgb(
+    ckpt_path: str, out_path: str, motion: dict, seed: int = 4, hint_gain: float = 2.0, zero_gain: float = 1.0
+) -> str:
+    """A random SparseCtrl RGB model as sd-webui-controlnet loads it (strictly, at SD1.5's full
+    widths): the unprefixed ldm ControlNet keys of ``controlnet_encoder`` for the UNet of
+    ``ckpt_path``, the RGB condition embedding ``input_hint_block.0`` (one 3×3 conv from the
+    VAE latent plus the keyframe mask, 5 channels, to the UNet's width; a scribble model has a
+    conv stack instead) and ``motion``, the v3 motion-module keys of the down blocks
+    (``down_blocks.{i}.motion_modules.{j}…``). Stored in fp16, as the checkpoint is."""
+    import torch
+    from safetensors.torch import save_file
+
+    state, width, conv, zero_convs = controlnet_encoder(ckpt_path, seed)
+    conv("input_hint_block.0", 5, width, 3, hint_gain)
+    zero_convs(zero_gain)
+    state.update(motion)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, out_path)
     return out_path
 
 
