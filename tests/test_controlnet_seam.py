@@ -280,7 +280,9 @@ def fake_ip_adapter_controlnet(monkeypatch, fields=("cond_emb", "uncond_emb")):
     exec("def process(self, cond, uncond):\n    return ImageEmbed(cond, uncond, True)\n", script_globals)
     script_cls = type("ControlNetScript", (Script,), {"process": script_globals["process"]})
     cn = script_cls("ControlNet", 2, 3)
-    p = SimpleNamespace(scripts=SimpleNamespace(alwayson_scripts=[cn]), script_args=(0, 0, {}))
+    p = SimpleNamespace(
+        scripts=SimpleNamespace(alwayson_scripts=[cn]), script_args=(0, 0, {}), batch_size=FRAMES
+    )
     return p, cn, module
 
 
@@ -296,7 +298,7 @@ def test_ip_adapter_per_frame_embeddings_pass_controlnet_for_the_job(monkeypatch
     with pytest.raises(TypeError):
         cn.process(cond, uncond)  # as ControlNet 1.1.455 fails
     session = PatchSession()
-    controlnet.ip_adapter_per_frame(session, p)
+    controlnet.ip_adapter_per_frame(session, p, lambda: True)
     made = cn.process(cond, uncond)
     assert isinstance(made, controlnet.FrameEmbedding) and not isinstance(made, tuple)
     adapter = module.IPAdapterModel()
@@ -311,6 +313,23 @@ def test_ip_adapter_per_frame_embeddings_pass_controlnet_for_the_job(monkeypatch
     assert adapter.get_image_emb(made) == ("encoded", made)
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_one_embedding_row_per_frame_gets_the_uncond_rows_too(monkeypatch, batched):
+    """One image per frame (no keyframes): ControlNet leaves one cond row per frame, but the
+    adapter evaluates against the UNet call's rows, [cond | uncond] when the WebUI batches them;
+    the rows are then repeated for the uncond block, and left as they are otherwise."""
+    from scripts.animatediff_webui.patch_session import PatchSession
+
+    p, cn, module = fake_ip_adapter_controlnet(monkeypatch)
+    session = PatchSession()
+    controlnet.ip_adapter_per_frame(session, p, lambda: batched)
+    cond = torch.randn(FRAMES, 4, 8)
+    taken = module.IPAdapterModel().get_image_emb(cn.process(cond, torch.randn(1, 4, 8)))
+    expected = torch.cat([cond, cond]) if batched else cond
+    assert torch.equal(taken.cond_emb, expected)
+    session.close()
+
+
 def test_ip_adapter_fix_is_skipped_where_controlnet_handles_it(monkeypatch):
     """An ``ImageEmbed`` with a third field (ControlNet before it dropped it) works as it is:
     nothing is changed; nor without ControlNet."""
@@ -318,8 +337,8 @@ def test_ip_adapter_fix_is_skipped_where_controlnet_handles_it(monkeypatch):
 
     p, cn, module = fake_ip_adapter_controlnet(monkeypatch, ("cond_emb", "uncond_emb", "bypass_average"))
     session = PatchSession()
-    controlnet.ip_adapter_per_frame(session, p)
-    controlnet.ip_adapter_per_frame(session, SimpleNamespace(scripts=None))
+    controlnet.ip_adapter_per_frame(session, p, lambda: True)
+    controlnet.ip_adapter_per_frame(session, SimpleNamespace(scripts=None), lambda: True)
     assert session.step_names == []
     assert type(cn.process(1, 2)) is module.ImageEmbed
 

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,7 +287,7 @@ class FrameEmbedding:
     ready: bool = True
 
 
-def ip_adapter_per_frame(session: Any, p: Any) -> None:
+def ip_adapter_per_frame(session: Any, p: Any, batch_cond_uncond: Callable[[], bool]) -> None:
     """Let an IP-Adapter unit's per-frame embeddings (``keyframe:`` lines, or one image per
     frame) through sd-webui-controlnet for this job.
 
@@ -295,9 +295,12 @@ def ip_adapter_per_frame(session: Any, p: Any) -> None:
     ``process``, but its ``ImageEmbed`` lost the third field (and its IP-Adapter the code that
     took such an embedding as is): the call raises TypeError, which the WebUI logs before going
     on without the unit. For the job, the script's ``ImageEmbed`` name is ``FrameEmbedding``
-    and the IP-Adapter's ``get_image_emb`` turns one into ControlNet's ``ImageEmbed`` unchanged;
-    nothing else changes. Skipped without ControlNet, or when its ``ImageEmbed`` takes three
-    values (a ControlNet that still handles this itself)."""
+    and the IP-Adapter's ``get_image_emb`` turns one into ControlNet's ``ImageEmbed``; nothing
+    else changes. Its adapter needs one cond row per UNet row: ControlNet repeats keyframe
+    embeddings for the uncond rows when the WebUI batches cond and uncond
+    (``batch_cond_uncond()``), but not one image per frame, so such an embedding (one row per
+    frame, ``p.batch_size``) is repeated here. Skipped without ControlNet, or when its
+    ``ImageEmbed`` takes three values (a ControlNet that still handles this itself)."""
     cn = find_script(p)
     model_module = sys.modules.get(IP_ADAPTER_MODEL_MODULE)
     process = getattr(type(cn), "process", None) if cn is not None else None
@@ -312,7 +315,11 @@ def ip_adapter_per_frame(session: Any, p: Any) -> None:
         return
 
     def to_image_embed(embedding: FrameEmbedding) -> Any:
-        return image_embed(embedding.cond_emb, embedding.uncond_emb)
+        cond = embedding.cond_emb
+        frames = int(getattr(p, "batch_size", 0) or 0)
+        if frames > 1 and cond.shape[0] == frames and batch_cond_uncond():
+            cond = torch.cat([cond, cond])  # [cond rows | uncond rows], as ControlNet's keyframes
+        return image_embed(cond, embedding.uncond_emb)
 
     host_changes.ip_adapter_per_frame(session, script_globals, adapter_cls, FrameEmbedding, to_image_embed)
 

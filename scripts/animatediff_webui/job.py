@@ -228,7 +228,7 @@ def _route_video(p: Any, job: Job, roots: list[str] | None) -> AnimateDiffParams
     )
     if plan.script_args is not None:
         host_changes.controlnet_units(job.session, p, plan.script_args)
-    controlnet.ip_adapter_per_frame(job.session, p)
+    controlnet.ip_adapter_per_frame(job.session, p, lambda: bool(shared().opts.batch_cond_uncond))
     if len(images) > plan.frames:  # one init image per frame: the first ones
         host_changes.init_images(job.session, p, images[: plan.frames])
     export = params.export

@@ -113,33 +113,13 @@ def write_keyframe_images(folder, count: int):
     return folder
 
 
-def test_keyframe_embeddings_reach_each_window_sliced(cn_server):
-    """A batch-mode IP-Adapter unit with four images and ``keyframe:0,8,16,23`` on 24 frames in
-    16-frame windows: ControlNet encodes the four images, travels them over the frames with our
-    prompt scheduler (one row per frame, cond block then uncond block), and every UNet call's
-    IP-Adapter layers get exactly the rows of that call's window frames, window after window as
-    the schedule lists them. Each keyframe's row is exactly its image's embedding (travel is
-    exact at keyframes); the rows in between are new (interpolated)."""
-    folder = write_keyframe_images(cn_server.media / "ip-keyframes", len(KEYFRAMES))
-    batch = f"{folder}\nkeyframe:{','.join(str(k) for k in KEYFRAMES)}"
-    unit = ip_unit(cn_server, input_mode="batch", batch_images=batch)
-    steps = 2
-    reset_record(cn_server)
-    video_of(cn_server, [unit], window_mode="unet")
-    rec = record(cn_server)
-    assert rec["errors"] == [], rec["errors"]
-    assert len(rec["ip_hooks"]) == 1, rec["ip_hooks"]
-    rows = rec["ip_hooks"][0]["cond_rows"]
-    assert len(rows) == 2 * FRAMES, f"{len(rows)} embedding rows, expected one per frame for cond and uncond"
-    assert rows[:FRAMES] == rows[FRAMES:], "cond and uncond blocks hold different frames"
-    assert len(set(rows[:FRAMES])) == FRAMES, "the travelled embedding does not differ frame by frame"
-    encodings = [e["cond_rows"] for e in rec["ip_encodings"]]
-    assert [len(e) for e in encodings] == [1] * len(KEYFRAMES), encodings
-    assert [rows[k] for k in KEYFRAMES] == [e[0] for e in encodings], "keyframe rows are not their images'"
-    frame_of = {fp: i for i, fp in enumerate(rows[:FRAMES])}
-
+def assert_windows_get_their_rows(evals: list[dict], rows: list[str], steps: int) -> None:
+    """Every UNet call's IP-Adapter layers (all 16) got, for its cond rows and again for its
+    uncond rows, the embedding rows (``rows``: one per frame) of its windows' frames, window
+    after window as the schedule lists them, and every frame was run."""
+    frame_of = {fp: i for i, fp in enumerate(rows)}
     seen = []
-    for n, entry in enumerate(rec["ip_evals"]):
+    for n, entry in enumerate(evals):
         frames = [frame_of.get(fp) for fp in entry["cond_rows"]]
         assert None not in frames, f"call {n}: an embedding row that is no frame's"
         assert len(frames) == entry["call_rows"], f"call {n}: {len(frames)} rows for {entry['call_rows']}"
@@ -150,4 +130,48 @@ def test_keyframe_embeddings_reach_each_window_sliced(cn_server):
     expected = expected_windows(FRAMES, steps)
     assert seen == expected, f"windows seen by the IP-Adapter:\n{seen}\nexpected:\n{expected}"
     assert set(itertools.chain(*seen)) == set(range(FRAMES))
+
+
+def run_batch_unit(server, name: str, images: int, keyframes: tuple[int, ...] = ()) -> tuple[dict, list[str]]:
+    """A 24-frame job in 16-frame UNet windows with one IP-Adapter unit in batch mode over
+    ``images`` new images (and a ``keyframe:`` line when ``keyframes``). Returns the probe's
+    record and the embedding rows the adapter was hooked with: one per frame, cond block then
+    uncond block (checked)."""
+    folder = write_keyframe_images(server.media / name, images)
+    batch = f"{folder}\nkeyframe:{','.join(map(str, keyframes))}" if keyframes else str(folder)
+    reset_record(server)
+    video_of(server, [ip_unit(server, input_mode="batch", batch_images=batch)], window_mode="unet")
+    rec = record(server)
+    assert rec["errors"] == [], rec["errors"]
+    assert len(rec["ip_hooks"]) == 1, rec["ip_hooks"]
+    rows = rec["ip_hooks"][0]["cond_rows"]
+    assert len(rows) == 2 * FRAMES, f"{len(rows)} embedding rows, expected one per frame for cond and uncond"
+    assert rows[:FRAMES] == rows[FRAMES:], "cond and uncond blocks hold different frames"
+    return rec, rows[:FRAMES]
+
+
+def test_keyframe_embeddings_reach_each_window_sliced(cn_server):
+    """A batch-mode IP-Adapter unit with four images and ``keyframe:0,8,16,23`` on 24 frames in
+    16-frame windows: ControlNet encodes the four images, travels them over the frames with our
+    prompt scheduler (one row per frame, cond block then uncond block), and every UNet call's
+    IP-Adapter layers get exactly the rows of that call's window frames, window after window as
+    the schedule lists them. Each keyframe's row is exactly its image's embedding (travel is
+    exact at keyframes); the rows in between are new (interpolated)."""
+    rec, rows = run_batch_unit(cn_server, "ip-keyframes", len(KEYFRAMES), KEYFRAMES)
+    assert len(set(rows)) == FRAMES, "the travelled embedding does not differ frame by frame"
+    encodings = [e["cond_rows"] for e in rec["ip_encodings"]]
+    assert [len(e) for e in encodings] == [1] * len(KEYFRAMES), encodings
+    assert [rows[k] for k in KEYFRAMES] == [e[0] for e in encodings], "keyframe rows are not their images'"
+    assert_windows_get_their_rows(rec["ip_evals"], rows, steps=2)
     assert_plain_unchanged(cn_server, "an IP-Adapter keyframe job")
+
+
+def test_one_image_per_frame_reaches_each_window_sliced(cn_server):
+    """A batch-mode IP-Adapter unit with one image for each of the 24 frames (no keyframe line):
+    frame k's row is exactly image k's embedding, repeated for the uncond rows (ControlNet leaves
+    one row per frame; the WebUI runs cond and uncond in one call), and each UNet call gets its
+    windows' rows; the WebUI stays as it was."""
+    rec, rows = run_batch_unit(cn_server, "ip-per-frame", FRAMES)
+    assert rows == [e["cond_rows"][0] for e in rec["ip_encodings"]], "rows are not the images'"
+    assert_windows_get_their_rows(rec["ip_evals"], rows, steps=2)
+    assert_plain_unchanged(cn_server, "an IP-Adapter job with one image per frame")
