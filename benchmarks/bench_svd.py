@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from bench_motion_module import measured_peak  # noqa: E402
 from PIL import Image  # noqa: E402
-from svd_factory import write_tiny_svd  # noqa: E402
+from svd_factory import OFFICIAL, write_tiny_svd  # noqa: E402
 
 from motion_module.svd import image_encoder, unet, vae  # noqa: E402
 from motion_module.svd.params import SvdParams  # noqa: E402
@@ -38,27 +38,16 @@ from motion_module.svd.pipeline import SvdMemory, SvdModel, generate, load_svd, 
 SIZES = ((256, 256), (512, 320))
 CHUNKS = (0, 2)
 
-# The official SVD / SVD-XT shapes (all four networks are the same in both).
-OFFICIAL_IMAGE_ENCODER = image_encoder.ImageEncoderConfig(
-    width=1280, layers=32, heads=16, mlp_width=5120, patch_size=14, image_size=224, output_dim=1024
-)
-OFFICIAL_VAE_CHANNELS = (128, 256, 512, 512)
-
 
 def official_meta_model(name: str = "svd_xt.safetensors", dtype: torch.dtype = torch.float16) -> SvdModel:
-    """SVD-XT's four networks at full size on the meta device: shapes and byte counts, no memory."""
+    """SVD-XT's four networks at full size (``svd_factory.OFFICIAL``) on the meta device: shapes
+    and byte counts, no memory."""
     with torch.device("meta"):
         components = {
-            "image_encoder": image_encoder.ImageEncoder(OFFICIAL_IMAGE_ENCODER),
-            "vae_encoder": vae.VaeEncoder(
-                vae.VaeEncoderConfig(3, OFFICIAL_VAE_CHANNELS, res_blocks=2, z_channels=4, embed_dim=4)
-            ),
-            "unet": unet.SvdUNet(unet.SvdUNetConfig()),
-            "decoder": vae.TemporalDecoder(
-                vae.TemporalDecoderConfig(
-                    4, OFFICIAL_VAE_CHANNELS, res_blocks=2, out_channels=3, time_kernel=(3, 1, 1)
-                )
-            ),
+            "image_encoder": image_encoder.ImageEncoder(OFFICIAL.image_encoder),
+            "vae_encoder": vae.VaeEncoder(OFFICIAL.vae_encoder),
+            "unet": unet.SvdUNet(OFFICIAL.unet),
+            "decoder": vae.TemporalDecoder(OFFICIAL.decoder),
         }
     for module in components.values():
         module.to(dtype)

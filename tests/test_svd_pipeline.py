@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from svd_factory import write_tiny_svd
+from svd_factory import TINY, write_random_svd, write_tiny_svd
 from svd_peers import diffusers_pipeline
 
+from motion_module.svd.checkpoint import SvdCheckpointError, TensorFile
 from motion_module.svd.memory import GIB
 from motion_module.svd.params import SvdParams
 from motion_module.svd.pipeline import (
+    STAGES,
     SvdInterrupted,
     SvdMemory,
     generate,
     load_svd,
+    load_svd_shapes,
     memory_plan,
 )
 
@@ -88,11 +91,10 @@ def test_decode_chunks(model, picture) -> None:
 
 
 def test_should_stop_after_k_steps_and_on_step(model, picture) -> None:
-    progress, asked = [], []
+    progress: list[tuple[int, int]] = []
 
-    def should_stop() -> bool:
-        asked.append(True)
-        return len(asked) > 2
+    def should_stop() -> bool:  # asked before each step and each UNet block: stop after step 2
+        return len(progress) >= 2
 
     result = generate(
         model,
@@ -115,6 +117,42 @@ def test_should_stop_after_k_steps_and_on_step(model, picture) -> None:
     assert full == [(1, 4), (2, 4), (3, 4), (4, 4)] and not run_full.interrupted
     with pytest.raises(SvdInterrupted):
         generate(model, picture, BASE, device=CPU, should_stop=lambda: True)
+
+
+def test_a_stop_inside_a_step_abandons_it_and_keeps_the_last_finished_one(model, picture) -> None:
+    """At full size a step is minutes on a CPU: the UNet asks should_stop before each block. A
+    stop in the middle of step 3 gives the frames of a stop just before it."""
+    unet = model.components["unet"]
+    blocks = len(unet.input_blocks) + 1 + len(unet.output_blocks)
+    asked, stages = [], []
+
+    def should_stop() -> bool:  # asked before each step, then before each block of its UNet call
+        asked.append(True)
+        return len(asked) > 2 * (1 + blocks) + 1 + blocks // 2
+
+    params = dataclasses.replace(BASE, steps=5)
+    inside = generate(model, picture, params, device=CPU, should_stop=should_stop, on_stage=stages.append)
+    assert inside.interrupted and inside.steps_done == 2 and stages == list(STAGES)
+    calls_before_third_step = [0]
+
+    def before_third() -> bool:
+        calls_before_third_step[0] += 1
+        return calls_before_third_step[0] > 2 * (1 + blocks)
+
+    between = generate(model, picture, params, device=CPU, should_stop=before_third)
+    assert between.steps_done == 2 and np.array_equal(arrays(inside), arrays(between))
+    assert not unet._forward_pre_hooks  # the checks are gone after the job
+    first_step: list[bool] = []
+    with pytest.raises(SvdInterrupted):  # stopped inside the first step: nothing to decode
+        generate(
+            model,
+            picture,
+            params,
+            device=CPU,
+            should_stop=lambda: first_step.append(1) or len(first_step) > 3,
+        )
+    assert not unet._forward_pre_hooks
+    assert not run(model, picture).interrupted  # a job without should_stop is not affected
 
 
 @pytest.mark.parametrize("offload", [True, False])
@@ -169,6 +207,77 @@ def test_memory_plan(model) -> None:
     line = plan.describe()
     assert line.startswith("SVD memory on cpu (offload on): weights ") and "GiB" in line
     assert f"{sum(plan.weights.values()) / GIB:.2f} GiB" in line and "unet" in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    ("file_dtype", "dtype"),
+    [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.float32)],
+)
+def test_the_plan_from_the_header_is_the_loaded_models_byte_for_byte(
+    tmp_path, monkeypatch, file_dtype, dtype
+) -> None:
+    path = write_tiny_svd(tmp_path / "svd_xt.safetensors", "svd_xt", dtype=file_dtype)
+    loaded = load_svd(path, dtype=dtype)
+
+    def no_weights(self, key):
+        raise AssertionError(f"the header plan read the weight {key}")
+
+    monkeypatch.setattr(TensorFile, "tensor", no_weights)
+    shapes = load_svd_shapes(path, dtype=dtype)
+    assert shapes.default_frames == 25 and shapes.dtype == dtype and shapes.name == "svd_xt.safetensors"
+    for name, module in shapes.components.items():
+        tensors = [*module.parameters(), *module.buffers()]
+        assert all(t.is_meta for t in tensors), name
+        reference = dict(loaded.components[name].state_dict())
+        assert {k: (v.shape, v.dtype) for k, v in module.state_dict().items()} == {
+            k: (v.shape, v.dtype) for k, v in reference.items()
+        }
+    cases = [
+        (BASE, SvdMemory(), CPU),
+        (
+            dataclasses.replace(BASE, frames=0, decode_chunk=4, width=256, height=144),
+            SvdMemory(ff_chunk=64),
+            CPU,
+        ),
+        (dataclasses.replace(BASE, frames=9), SvdMemory(offload=True), torch.device("cuda")),
+    ]
+    for params, memory, device in cases:
+        planned, actual = (
+            memory_plan(shapes, params, memory, device),
+            memory_plan(loaded, params, memory, device),
+        )
+        assert planned == actual and planned.describe() == actual.describe()
+
+
+def test_the_header_plan_refuses_what_loading_refuses_and_leaves_a_ckpt_to_the_load(tmp_path) -> None:
+    ckpt = write_tiny_svd(tmp_path / "svd.ckpt", fmt="ckpt")
+    assert load_svd_shapes(ckpt) is None and load_svd(ckpt).default_frames == 14
+    from safetensors.torch import save_file
+
+    save_file({"motion_modules.0.weight": torch.zeros(2)}, str(tmp_path / "mm.safetensors"))
+    with pytest.raises(SvdCheckpointError) as by_header:
+        load_svd_shapes(tmp_path / "mm.safetensors")
+    with pytest.raises(SvdCheckpointError) as by_load:
+        load_svd(tmp_path / "mm.safetensors")
+    assert str(by_header.value) == str(by_load.value) and "motion module" in str(by_header.value)
+
+
+def test_a_checkpoint_written_tensor_by_tensor_loads_strictly(tmp_path) -> None:
+    """``write_random_svd`` (used for the full-size file) gives an official-layout file the loader
+    takes strictly, in the dtype asked, with the tiny factory's keys."""
+    path = write_random_svd(tmp_path / "svd_xt.safetensors", TINY, dtype=torch.bfloat16, seed=3)
+    assert not (tmp_path / "svd_xt.safetensors.partial").exists()
+    model = load_svd(path, dtype=torch.bfloat16)
+    reference = write_tiny_svd(tmp_path / "svd.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as written, safe_open(str(reference), "pt") as tiny:
+        assert sorted(written.keys()) == sorted(tiny.keys())
+        assert {written.get_slice(k).get_dtype() for k in written.keys()} == {"BF16"}
+        weight = written.get_tensor("model.diffusion_model.input_blocks.1.0.in_layers.2.weight").float()
+    assert 0.5 < float(weight.std() * (weight[0].numel() ** 0.5)) < 2  # scaled by 1/sqrt(fan-in)
+    plan = memory_plan(model, BASE, SvdMemory(), CPU)
+    assert plan == memory_plan(load_svd_shapes(path, dtype=torch.bfloat16), BASE, SvdMemory(), CPU)
 
 
 # --- the whole job against diffusers ----------------------------------------------------------

@@ -15,6 +15,7 @@ from svd_peers import diffusers_scheduler
 from motion_module.svd.sampling import (
     SIGMA_MAX,
     SIGMA_MIN,
+    StepAbandoned,
     apply_guidance,
     denoise,
     euler_step,
@@ -160,3 +161,32 @@ def test_should_stop_and_on_step() -> None:
         network, noise, sigma_schedule(5), guidance_ramp(1, 1, 2), on_step=lambda d, t: calls.append((d, t))
     )
     assert full.steps_done == 5 and not full.interrupted and calls[-1] == (5, 5) and len(calls) == 7
+
+
+def test_a_step_abandoned_inside_the_network_ends_as_a_stop_before_it() -> None:
+    def network(scaled, c_noise):
+        return scaled * 0, scaled * 0 + 0.5
+
+    calls = []
+
+    def abandoning(scaled, c_noise):
+        calls.append(c_noise)
+        if len(calls) == 3:
+            raise StepAbandoned("stop")
+        return network(scaled, c_noise)
+
+    noise = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(1))
+    ramp = guidance_ramp(1, 1, 2)
+    inside = sample_euler(abandoning, noise, sigma_schedule(5), ramp)
+    asked = []
+    before = sample_euler(
+        network, noise, sigma_schedule(5), ramp, should_stop=lambda: asked.append(1) or len(asked) > 2
+    )
+    assert inside.interrupted and inside.steps_done == 2 and torch.equal(inside.latents, before.latents)
+
+    def abandoned_at_once(scaled, c_noise):
+        raise StepAbandoned("stop")
+
+    first = sample_euler(abandoned_at_once, noise, sigma_schedule(5), ramp)
+    start = noise * initial_noise_scale(sigma_schedule(5))
+    assert first.interrupted and first.steps_done == 0 and torch.equal(first.latents, start)

@@ -13,6 +13,11 @@ allowed to stay unused are those a component declares "accepted and ignored" (e.
 of the OpenCLIP model the reference keeps in the file). ``.ckpt`` files are read only through
 weights-only unpickling, so a pickle that needs code to load is refused before anything in it runs.
 
+A ``.safetensors`` file can also be read for its shapes alone (``shapes_only``): the header gives
+every key's shape and dtype, and the networks are built and checked on the meta device exactly as
+for a load, without reading a weight. That is what the memory plan needs before a job. A ``.ckpt``
+has no header: its shapes come only with unpickling all of it.
+
 The file cannot say whether it is SVD (14 frames) or SVD-XT (25): the name decides
 (``default_frames_for``).
 """
@@ -38,6 +43,21 @@ IMAGE_ENCODER_PREFIX = image_encoder.PREFIX
 SUFFIXES = (".safetensors", ".ckpt")
 SVD_FRAMES, SVD_XT_FRAMES = 14, 25
 SHOWN_KEYS = 5
+# The dtype names of the safetensors header (its format's specification).
+HEADER_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 class SvdCheckpointError(ValueError):
@@ -69,7 +89,9 @@ def default_frames_for(name: str) -> int:
 
 
 class TensorFile:
-    """Key names of a checkpoint without reading its tensors (safetensors), and tensors on demand."""
+    """Key names of a checkpoint without reading its tensors (safetensors), and tensors on demand:
+    the stored ones (``tensor``) or, for safetensors, empty ones on the meta device with the
+    header's shape and dtype (``meta_tensor``)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -104,6 +126,15 @@ class TensorFile:
         if self._loaded is not None:
             return self._loaded[key]
         return self._handle.get_tensor(key)
+
+    def meta_tensor(self, key: str) -> torch.Tensor:
+        piece = self._handle.get_slice(key)
+        name = piece.get_dtype()
+        if name not in HEADER_DTYPES:
+            raise SvdCheckpointError(
+                f"{self.path.name}: tensor {key!r} has dtype {name!r}; expected one of {', '.join(HEADER_DTYPES)}"
+            )
+        return torch.empty(piece.get_shape(), dtype=HEADER_DTYPES[name], device="meta")
 
 
 # --- what a file is --------------------------------------------------------------------------
@@ -206,13 +237,19 @@ def _has_meta(module: nn.Module) -> bool:
 
 
 def build_component(
-    file_name: str, component: Component, state: dict[str, torch.Tensor], dtype: torch.dtype
+    file_name: str,
+    component: Component,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    *,
+    shapes_only: bool = False,
 ) -> nn.Module:
     """Configure from shapes, build without random initialisation, take the tensors strictly.
 
     The module is built on the meta device and takes the file's tensors (already in ``dtype``) as
     its own. A module that computes buffers the file does not hold is rebuilt on the CPU in
-    ``dtype`` and the tensors copied in."""
+    ``dtype`` and the tensors copied in, unless ``shapes_only`` (``state`` holds meta tensors: the
+    module stays on the meta device, with the shapes and dtypes a load would give it)."""
     try:
         config = component.config_from_state_dict(state)
     except (KeyError, ValueError) as error:
@@ -229,7 +266,7 @@ def build_component(
             f"layout; " + "; ".join(problems)
         )
     module.load_state_dict(state, strict=True, assign=True)
-    if _has_meta(module):
+    if _has_meta(module) and not shapes_only:
         module = component.build(config).to(dtype)
         module.load_state_dict(state, strict=True)
     return module.eval().requires_grad_(False)
@@ -240,18 +277,30 @@ def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def load_components(
-    path: str | os.PathLike, components: list[Component], *, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike,
+    components: list[Component],
+    *,
+    dtype: torch.dtype = torch.float32,
+    shapes_only: bool = False,
 ) -> dict[str, nn.Module]:
-    """Read ``path``, check it is SVD, and build every component from its tensors in ``dtype``."""
+    """Read ``path``, check it is SVD, and build every component from its tensors in ``dtype``.
+
+    ``shapes_only`` (a ``.safetensors`` file): the same checks and modules on the meta device,
+    from the header alone; no weight is read."""
     path = Path(path)
+    if shapes_only and path.suffix.lower() != ".safetensors":
+        raise SvdCheckpointError(
+            f"{path.name}: shapes can be read without the weights only from a .safetensors header"
+        )
     source = TensorFile(path)
     check_is_svd(path.name, source.keys)
     owned = split_keys(path.name, source.keys, components)
+    read = source.meta_tensor if shapes_only else source.tensor
     built = {}
     for component in components:
         start = len(component.prefix)
-        state = {key[start:]: _as(source.tensor(key), dtype) for key in owned[component.name]}
-        built[component.name] = build_component(path.name, component, state, dtype)
+        state = {key[start:]: _as(read(key), dtype) for key in owned[component.name]}
+        built[component.name] = build_component(path.name, component, state, dtype, shapes_only=shapes_only)
     return built
 
 

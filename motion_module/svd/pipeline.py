@@ -16,6 +16,10 @@ which reproduces it):
 6. the latents divided by the VAE scale factor 0.18215 are decoded ``decode_chunk`` frames per
    call (the temporal decoder mixes the frames inside one call), clamped, and rounded to 8 bits.
 
+Interrupting: ``should_stop`` is asked before each step and before each of the UNet's blocks. At
+full size one step takes minutes on a CPU, so a stop in the middle of a step abandons that step;
+the frames are then decoded from the last finished step, exactly as for a stop between steps.
+
 Randomness: one CPU generator seeded with the job's seed draws the conditioning-image noise first
 and the starting latents second (the order of the reference script and of diffusers), so a seed
 starts from the same noise on any device.
@@ -45,7 +49,7 @@ from .memory import (
     weight_bytes,
 )
 from .params import SvdParams
-from .sampling import guidance_ramp, sample_euler, sigma_schedule
+from .sampling import StepAbandoned, guidance_ramp, sample_euler, sigma_schedule
 from .unet import time_ids_vector
 from .vae import LATENT_CHANNELS, LATENT_SCALE, VAE_DOWNSCALE
 
@@ -58,11 +62,13 @@ __all__ = [
     "SvdResult",
     "generate",
     "load_svd",
+    "load_svd_shapes",
     "memory_plan",
 ]
 
 
 DEFAULT_MEMORY = SvdMemory()
+STAGES = ("encoding", "sampling", "decoding")  # what ``on_stage`` names, in order
 
 
 class SvdInterrupted(Exception):
@@ -92,8 +98,23 @@ class SvdResult:
 def load_svd(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SvdModel:
     """Load ``svd.safetensors`` / ``svd_xt*.safetensors`` (or a ``.ckpt`` through weights-only
     unpickling) strictly; raises ``SvdCheckpointError`` for anything else."""
+    return _model(Path(path), dtype, shapes_only=False)
+
+
+def load_svd_shapes(path: str | Path, *, dtype: torch.dtype = torch.float32) -> SvdModel | None:
+    """The model of a ``.safetensors`` file with its networks on the meta device, built and checked
+    from the file's header alone (names, shapes, dtypes; no weight is read): what ``memory_plan``
+    needs before the weights are loaded, and its plan is the loaded model's, byte for byte. None
+    for a ``.ckpt``, whose shapes come only with unpickling all of it (plan it after ``load_svd``).
+    Raises ``SvdCheckpointError`` as ``load_svd`` does."""
     path = Path(path)
-    components = load_components(path, svd_components(), dtype=dtype)
+    if path.suffix.lower() == ".ckpt":
+        return None
+    return _model(path, dtype, shapes_only=True)
+
+
+def _model(path: Path, dtype: torch.dtype, *, shapes_only: bool) -> SvdModel:
+    components = load_components(path, svd_components(), dtype=dtype, shapes_only=shapes_only)
     return SvdModel(
         name=path.name, default_frames=default_frames_for(path.name), components=components, dtype=dtype
     )
@@ -154,6 +175,27 @@ def pick_seed(seed: int) -> int:
 
 
 @contextmanager
+def stopping_between_blocks(unet: nn.Module, should_stop: Callable[[], bool] | None) -> Iterator[None]:
+    """``should_stop()`` asked before each of the UNet's blocks while the block runs; when it says
+    so the step is abandoned (``StepAbandoned``, which sampling takes as a stop)."""
+    if should_stop is None:
+        yield
+        return
+
+    def check(_block: nn.Module, _inputs: tuple) -> None:
+        if should_stop():
+            raise StepAbandoned("SVD: stopped inside a sampling step")
+
+    blocks = (*unet.input_blocks, unet.middle_block, *unet.output_blocks)
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def running(module: nn.Module, device: torch.device, offload: bool) -> Iterator[nn.Module]:
     """``module`` on ``device`` for the block; back on the CPU afterwards when offloading."""
     module.to(device)
@@ -193,12 +235,15 @@ def generate(
     memory: SvdMemory = DEFAULT_MEMORY,
     on_step: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> SvdResult:
     """Sample ``params.frames or model.default_frames`` frames at ``params.width`` x
-    ``params.height`` from ``image`` (resized to fit). ``on_step(done, total)`` after each step;
-    ``should_stop()`` before each step: when it says so, sampling stops and the last denoised
-    estimate is decoded (``interrupted=True``), or ``SvdInterrupted`` if no step finished.
-    ``params.seed`` -1 picks a seed, reported in the result."""
+    ``params.height`` from ``image`` (resized to fit). ``on_stage(name)`` as each of ``STAGES``
+    begins; ``on_step(done, total)`` after each step; ``should_stop()`` before each step and each
+    UNet block: when it says so, sampling stops (an unfinished step is abandoned) and the last
+    finished step's denoised estimate is decoded (``interrupted=True``), or ``SvdInterrupted`` if
+    no step finished. ``params.seed`` -1 picks a seed, reported in the result."""
+    stage = on_stage or (lambda _name: None)
     device = torch.device(device)
     parts, dtype = model.components, model.dtype
     frames = params.frames or model.default_frames
@@ -214,6 +259,7 @@ def generate(
             module.to(device)
 
     with torch.inference_mode():
+        stage("encoding")
         with running(parts["image_encoder"], device, memory.offload) as encoder:
             embedding = embed_image(encoder, pixels.to(device, dtype))  # [1, d]
         with running(parts["vae_encoder"], device, memory.offload) as encoder:
@@ -228,7 +274,11 @@ def generate(
         vector = time_ids_vector(
             params.fps - 1, params.motion_bucket_id, params.noise_aug_strength, 2 * frames
         )
-        with running(parts["unet"], device, memory.offload) as unet:
+        stage("sampling")
+        with (
+            running(parts["unet"], device, memory.offload) as unet,
+            stopping_between_blocks(unet, should_stop),
+        ):
             unet.set_ff_chunk(memory.ff_chunk)
             network = guided_unet(unet, concat, context, vector.to(device, dtype), frames, dtype)
             ramp = guidance_ramp(params.min_guidance, params.max_guidance, frames)
@@ -238,6 +288,7 @@ def generate(
         if outcome.interrupted and outcome.steps_done == 0:
             raise SvdInterrupted("SVD: stopped before the first sampling step finished")
 
+        stage("decoding")
         with running(parts["decoder"], device, memory.offload) as decoder:
             latents = (outcome.latents / LATENT_SCALE).to(dtype)
             pixels_out = decoder.decode(latents, num_frames=frames, chunk_size=params.decode_chunk)

@@ -109,6 +109,11 @@ def denoise(network: GuidedNetwork, x: torch.Tensor, sigma: float, ramp: torch.T
     return apply_guidance(uncond, cond, ramp) * scale.c_out + x * scale.c_skip
 
 
+class StepAbandoned(Exception):
+    """Raised from inside the network (between its blocks) when a stop should not wait for the
+    step to finish; ``sample_euler`` ends as for a stop before that step."""
+
+
 @dataclass
 class SamplingOutcome:
     latents: torch.Tensor  # the sample, or the last denoised estimate when stopped early
@@ -127,19 +132,26 @@ def sample_euler(
 ) -> SamplingOutcome:
     """Run ``len(sigmas) - 1`` Euler steps from ``noise`` (unit Gaussian, frames on dim 0).
 
-    ``should_stop()`` is asked before each step; when it says so the loop ends and the outcome
-    holds the last denoised estimate (the cleanest picture so far) with ``interrupted=True``.
+    ``should_stop()`` is asked before each step; when it says so (or the network raises
+    ``StepAbandoned`` during a step) the loop ends and the outcome holds the last finished step's
+    denoised estimate (the cleanest picture so far) with ``interrupted=True``.
     ``on_step(done, total)`` is called after each finished step."""
     total = len(sigmas) - 1
     values = [float(s) for s in sigmas]
     x = noise * initial_noise_scale(sigmas)
     denoised = None
     for i in range(total):
-        if should_stop is not None and should_stop():
+        stopped = should_stop is not None and should_stop()
+        if not stopped:
+            try:
+                estimate = denoise(network, x, values[i], ramp)
+            except StepAbandoned:
+                stopped = True
+        if stopped:
             return SamplingOutcome(
                 latents=denoised if denoised is not None else x, steps_done=i, interrupted=True
             )
-        denoised = denoise(network, x, values[i], ramp)
+        denoised = estimate
         x = euler_step(x, denoised, values[i], values[i + 1])
         if on_step is not None:
             on_step(i + 1, total)
