@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import html
 import io
 import json
 import os
@@ -105,42 +106,71 @@ class FakePlan:
 
 
 class FakeEngine:
-    """``load_svd`` / ``memory_plan`` / ``generate`` with what a test wants them to do."""
+    """``load_svd`` / ``load_svd_shapes`` / ``memory_plan`` / ``generate`` with what a test wants
+    them to do; ``events`` records the loads and, at each stage of ``generate``, the progress
+    bar's line."""
 
     def __init__(self, lock, state):
         self.lock, self.state = lock, state
-        self.loads, self.calls = [], []
-        self.fail_at = ""  # "load", "plan", "generate": raise there
+        self.loads, self.shape_reads, self.calls, self.events = [], [], [], []
+        self.fail_at = ""  # "load", "checkpoint", "plan", "generate": raise there
         self.on_step_hook = None  # called as hook(step) after each step
         self.interrupt_before_first = False
 
     def load_svd(self, path, *, dtype=torch.float32):
         if self.fail_at == "load":
             raise RuntimeError("injected failure while loading")
+        self.raise_if_refused(path)
+        self.loads.append((os.path.basename(path), dtype))
+        self.events.append(("load", self.state.textinfo))
+        return self.model(path, dtype, source="weights")
+
+    def load_svd_shapes(self, path, *, dtype=torch.float32):
+        self.raise_if_refused(path)
+        self.shape_reads.append((os.path.basename(path), dtype))
+        if str(path).endswith(".ckpt"):
+            return None  # as the engine: a .ckpt has no header
+        return self.model(path, dtype, source="header")
+
+    def raise_if_refused(self, path):
         if self.fail_at == "checkpoint":
             raise pipeline.SvdCheckpointError(
-                f"{path}: not an SVD checkpoint (no model.diffusion_model. keys)"
+                f"{os.path.basename(path)}: not an SVD checkpoint (no model.diffusion_model. keys)"
             )
-        self.loads.append((os.path.basename(path), dtype))
+
+    @staticmethod
+    def model(path, dtype, source):
         default = 25 if "xt" in os.path.basename(path) else 14
         return pipeline.SvdModel(
-            name=os.path.basename(path), default_frames=default, components={}, dtype=dtype
+            name=os.path.basename(path), default_frames=default, components={source: None}, dtype=dtype
         )
 
     def memory_plan(self, model, params, memory, device):
         if self.fail_at == "plan":
             raise RuntimeError("injected failure while planning")
-        return FakePlan(f"weights 1 KiB on {device}, offload {memory.offload}, ff_chunk {memory.ff_chunk}")
+        (source,) = model.components
+        frames = params.frames or model.default_frames
+        return FakePlan(
+            f"weights 1 KiB from the {source} on {device}, offload {memory.offload}, ff_chunk "
+            f"{memory.ff_chunk}, {frames} frames at {params.width}x{params.height}"
+        )
 
-    def generate(self, model, image, params, *, device, memory, on_step=None, should_stop=None):
+    def generate(
+        self, model, image, params, *, device, memory, on_step=None, should_stop=None, on_stage=None
+    ):
         assert self.lock.held, "generate ran outside the WebUI's queue lock"
         assert self.state.job == svd_job.JOB_NAME and self.state.job_count == 1
         self.calls.append(
             SimpleNamespace(model=model, image=image, params=params, device=device, memory=memory)
         )
+        self.events.append(("generate", self.state.textinfo))
         frames = params.frames or model.default_frames
+        on_stage("encoding")
+        self.events.append(("encoding", self.state.textinfo))
         if self.interrupt_before_first:
             self.state.interrupt()
+        on_stage("sampling")
+        self.events.append(("sampling", self.state.textinfo))
         done = 0
         for step in range(params.steps):
             if should_stop():
@@ -153,6 +183,8 @@ class FakeEngine:
             on_step(done, params.steps)
             if self.on_step_hook is not None:
                 self.on_step_hook(done)
+        on_stage("decoding")
+        self.events.append(("decoding", self.state.textinfo))
         seed = params.seed if params.seed >= 0 else 4242
         pictures = [colour_frame(i, params.width, params.height) for i in range(frames)]
         return pipeline.SvdResult(
@@ -198,7 +230,7 @@ def webui(monkeypatch, tmp_path):
     devices.gc_calls = []
     devices.torch_gc = lambda: devices.gc_calls.append(1)
     engine = FakeEngine(lock, state)
-    for name in ("load_svd", "memory_plan", "generate"):
+    for name in ("load_svd", "load_svd_shapes", "memory_plan", "generate"):
         monkeypatch.setattr(pipeline, name, getattr(engine, name))
     svd_job.forget_model("test start")
     yield SimpleNamespace(
@@ -366,8 +398,9 @@ def test_the_job_holds_the_queue_lock_and_shows_on_the_progress_bar(webui):
     webui.engine.on_step_hook = lambda step: seen.append(
         (webui.lock.held, webui.state.sampling_step, webui.state.sampling_steps, webui.state.textinfo)
     )
-    svd_api.handle(request(steps=3))
-    assert seen == [(True, k, 3, f"SVD: step {k}/3") for k in (1, 2, 3)]
+    answer = svd_api.handle(request(steps=3))
+    plan = answer["memory_plan"]
+    assert seen == [(True, k, 3, f"SVD: step {k}/3. {plan}") for k in (1, 2, 3)]
     assert webui.lock.entries == 1
     assert_idle(webui)
 
@@ -393,6 +426,49 @@ def test_a_second_request_waits_for_the_lock(webui, monkeypatch):
     for thread in threads:
         thread.join(timeout=60)
     assert order == ["in", "out", "in", "out"]
+
+
+def test_the_plan_is_read_from_the_header_logged_once_and_on_the_progress_bar_before_the_load(webui, caplog):
+    with caplog.at_level("INFO", logger="animatediff"):
+        answer = svd_api.handle(request(model="svd_xt.safetensors", frames=0))
+    plan = answer["memory_plan"]
+    assert plan == "weights 1 KiB from the header on cpu, offload True, ff_chunk 0, 25 frames at 96x64"
+    assert webui.engine.shape_reads == [("svd_xt.safetensors", torch.float32)]
+    assert webui.engine.events == [
+        ("load", f"SVD: loading svd_xt.safetensors. {plan}"),  # shown before the weights are read
+        ("generate", f"SVD: loading svd_xt.safetensors. {plan}"),
+        ("encoding", f"SVD: encoding the image. {plan}"),
+        ("sampling", f"SVD: sampling. {plan}"),
+        ("decoding", f"SVD: decoding. {plan}"),
+    ]
+    logged = [r.getMessage() for r in caplog.records if plan in r.getMessage()]
+    assert logged == [f"SVD: svd_xt.safetensors, 25 frames at 96x64, 3 steps; {plan}"]
+    svd_api.handle(request(model="svd_xt.safetensors", seed=3))
+    assert len(webui.engine.shape_reads) == 1  # the header's model is kept while the file is unchanged
+
+
+def test_a_ckpt_is_planned_once_it_is_loaded(webui, caplog):
+    (webui.folder / "svd.ckpt").write_bytes(b"fake")
+    with caplog.at_level("INFO", logger="animatediff"):
+        answer = svd_api.handle(request(model="svd.ckpt"))
+    plan = answer["memory_plan"]
+    assert plan.startswith("weights 1 KiB from the weights on cpu")
+    assert webui.engine.events[0] == ("load", f"SVD: loading svd.ckpt. {svd_job.CKPT_PLAN}")
+    assert webui.engine.events[3] == ("sampling", f"SVD: sampling. {plan}")
+    assert len([r for r in caplog.records if plan in r.getMessage()]) == 1
+
+
+def test_the_webuis_stop_after_this_image_lets_the_one_video_finish(webui):
+    """The WebUI's "stop generating" flag means "after the current image": between the images of
+    a batch. An SVD job is one video (job_count 1), so it runs to its end."""
+
+    def press(step):
+        if step == 1:
+            vars(webui.state)["stopping_generation"] = True
+
+    webui.engine.on_step_hook = press
+    answer = svd_api.handle(request(steps=3))
+    assert not answer["interrupted"] and "SVD interrupted" not in answer["info"]
 
 
 @pytest.mark.parametrize("action", ["interrupt", "skip"])
@@ -538,10 +614,12 @@ def test_the_model_folder_defaults_to_models_svd_and_is_created(webui, tmp_path)
 
 PROBE = textwrap.dedent(
     """
-    import json, sys, types
+    import asyncio, json, sys, tempfile, types
     sys.path.insert(0, sys.argv[1])
     import gradio as gr
-    fake = {name: types.ModuleType(name) for name in ("modules", "modules.ui_components", "modules.infotext_utils")}
+    import torch
+    fake = {name: types.ModuleType(name) for name in (
+        "modules", "modules.ui_components", "modules.infotext_utils", "modules.shared", "modules.devices")}
     fake["modules.ui_components"].ToolButton = lambda *a, **kw: gr.Button(*a, **kw)
     bindings, paste = [], {}
     class ParamBinding:
@@ -550,12 +628,19 @@ PROBE = textwrap.dedent(
     fake["modules.infotext_utils"].ParamBinding = ParamBinding
     fake["modules.infotext_utils"].register_paste_params_button = bindings.append
     fake["modules.infotext_utils"].add_paste_fields = lambda tab, image, fields: paste.update({tab: (image, fields)})
+    folder = tempfile.mkdtemp()
+    fake["modules.shared"].opts = types.SimpleNamespace(data={"animatediff_svd_model_path": folder})
+    fake["modules.shared"].cmd_opts = types.SimpleNamespace(no_half=False)
+    fake["modules.devices"].get_device_for = lambda task: torch.device("cpu")
     for name, module in fake.items():
         sys.modules[name] = module
+    fake["modules"].shared, fake["modules"].devices = fake["modules.shared"], fake["modules.devices"]
+    from motion_module.svd import pipeline
     from motion_module.svd.params import SvdParams
     from scripts.animatediff_webui import svd_job, svd_tab
-    svd_job.model_choices = lambda: ["svd.safetensors", "svd_xt.safetensors"]
-    svd_job.base_params = lambda: SvdParams()
+    from tests.svd_factory import write_tiny_svd
+    write_tiny_svd(folder, "svd")
+    write_tiny_svd(folder, "svd_xt", seed=1)
     out = {}
     with gr.Blocks():  # the txt2img result area, as the WebUI builds it
         gallery = gr.Gallery(elem_id="txt2img_gallery")
@@ -573,6 +658,35 @@ PROBE = textwrap.dedent(
     out["values"] = {k: comps["animatediff_svd_" + k].value for k in svd_tab.FIELDS}
     out["paste"] = [list(paste), paste["animatediff_svd"][0] is comps["animatediff_svd_image"]]
     out["bindings"] = [[b.tabname, b.source_image_component is gallery, b.paste_button.elem_id] for b in bindings]
+
+    # the memory plan and the frames hint: as built, then after each change event
+    def loaded_plan(model, **fields):  # the plan of the loaded model, for comparison
+        params = SvdParams(**fields)
+        loaded = pipeline.load_svd(f"{folder}/{model}")
+        return pipeline.memory_plan(loaded, params, pipeline.SvdMemory(), torch.device("cpu")).describe()
+
+    def fire(key, value, model, width=1024, height=576, frames=0, decode_chunk=0):
+        comp = comps["animatediff_svd_" + key]
+        index = next(i for i, d in enumerate(blocks.dependencies) if d["targets"] == [comp._id] and d["trigger"] == "change")
+        answer = asyncio.run(blocks.process_api(index, [model, width, height, frames, decode_chunk], state={}))
+        return answer["data"]
+
+    frames_comp = comps["animatediff_svd_frames"]
+    out["built"] = [comps["animatediff_svd_plan"].value, frames_comp.info, loaded_plan("svd.safetensors")]
+    out["to_xt"] = [fire("model", None, "svd_xt.safetensors"), loaded_plan("svd_xt.safetensors")]
+    out["width"] = [fire("width", None, "svd_xt.safetensors", width=512), loaded_plan("svd_xt.safetensors", width=512)]
+    out["frames"] = [
+        fire("frames", None, "svd.safetensors", frames=6, decode_chunk=2),
+        loaded_plan("svd.safetensors", frames=6, decode_chunk=2),
+    ]
+    out["chunk"] = [
+        fire("decode_chunk", None, "svd.safetensors", decode_chunk=3),
+        loaded_plan("svd.safetensors", decode_chunk=3),
+    ]
+    write_tiny_svd(folder, "svd", "ckpt")
+    out["ckpt"] = fire("model", None, "svd.ckpt")
+    out["bad_width"] = fire("height", None, "svd.safetensors", height=100)
+    out["no_model"] = fire("model", None, None)
     print("PROBE" + json.dumps(out, default=str))
     """
 )
@@ -587,7 +701,7 @@ def probe():
 
 def test_the_tab_builds_under_the_webuis_gradio(probe):
     assert (probe["label"], probe["id"]) == ("SVD", "animatediff_svd")
-    for key in ("image", "model", "refresh", "generate", "interrupt", "gallery", "info", "task_id"):
+    for key in ("image", "model", "refresh", "plan", "generate", "interrupt", "gallery", "info", "task_id"):
         assert f"animatediff_svd_{key}" in probe["elem_ids"], key
     assert probe["model"] == [["svd.safetensors", "svd_xt.safetensors"], "svd.safetensors"]
     values = probe["values"]
@@ -600,3 +714,44 @@ def test_the_tab_builds_under_the_webuis_gradio(probe):
 def test_send_to_svd_buttons_bind_the_result_gallery_to_the_tabs_image(probe):
     assert probe["paste"] == [["animatediff_svd"], True]
     assert probe["bindings"] == [["animatediff_svd", True, "txt2img_send_to_animatediff_svd"]]
+
+
+def plan_html(line):
+    return f"<p class='animatediff-svd-plan'>Memory plan: {line}</p>"
+
+
+def test_the_tab_shows_the_plan_of_the_first_model_before_any_job(probe):
+    shown, frames_info, loaded = probe["built"]
+    assert "svd_xt" not in loaded and "decoder" in loaded
+    assert shown == plan_html(loaded)  # from the header: the loaded model's plan, byte for byte
+    assert frames_info == "0 = the model's own count: 14 for svd.safetensors (from its file name)"
+
+
+def test_choosing_another_model_updates_the_plan_and_the_frames_hint(probe):
+    (shown, frames_update), loaded = probe["to_xt"]
+    assert shown == plan_html(loaded)
+    assert (
+        frames_update["info"] == "0 = the model's own count: 25 for svd_xt.safetensors (from its file name)"
+    )
+    assert frames_update["__type__"] == "update" and "value" not in frames_update  # the count stays
+    assert probe["to_xt"][1] != probe["built"][2]  # 25 frames plan more than 14
+
+
+@pytest.mark.parametrize("change", ["width", "frames", "chunk"])
+def test_size_frames_and_decode_chunk_update_the_plan(probe, change):
+    (shown,), loaded = probe[change]
+    assert shown == plan_html(loaded)
+    assert shown != plan_html(probe["built"][2])
+
+
+def test_the_plan_area_says_why_there_is_no_plan(probe):
+    """A .ckpt (no header), a value the job would refuse, no model."""
+    (ckpt, frames_update) = probe["ckpt"]
+    assert ckpt == plan_html(f"svd.ckpt: {html.escape(svd_job.CKPT_PLAN)}")
+    assert frames_update["info"].endswith("14 for svd.ckpt (from its file name)")
+    assert probe["bad_width"] == [
+        plan_html("SVD: height = 100 is not allowed; expected a multiple of 8 from 64 to 2048")
+    ]
+    shown, frames_update = probe["no_model"]
+    assert shown == plan_html("SVD: choose a model for its memory plan")
+    assert frames_update["info"] == "0 = the model's own count: 14 for SVD, 25 for SVD-XT"

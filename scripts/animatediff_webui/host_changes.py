@@ -154,6 +154,7 @@ SVD: tuple[Change, ...] = (
         ("state.job", "state.job_count", "state.job_no", "state.sampling_steps", "state.textinfo"),
     ),
     Change("SVD step on the progress bar", ("state.sampling_step", "state.sampling_steps", "state.textinfo")),
+    Change("SVD stage on the progress bar", ("state.textinfo",)),
     Change("SVD Interrupt button", ("state.interrupted",)),
 )
 _NAMES = {change.name for change in STEPS + SVD}
@@ -715,11 +716,18 @@ def svd_job(session: PatchSession, state: Any, job: str, steps: int) -> None:
     _step(session, "SVD job on the progress bar", apply, state.end)
 
 
-def svd_step(state: Any, done: int, total: int) -> None:
-    """One sampling step done (the WebUI's samplers write the same fields every step)."""
+def svd_step(state: Any, done: int, total: int, text: str) -> None:
+    """One sampling step done (the WebUI's samplers write the same fields every step); ``text``
+    is the progress bar's line."""
     state.sampling_step = done
     state.sampling_steps = total
-    state.textinfo = f"SVD: step {done}/{total}"
+    state.textinfo = text
+
+
+def svd_status(state: Any, text: str) -> None:
+    """The progress bar's line while the job loads, encodes, starts sampling or decodes
+    (``/sdapi/v1/progress`` returns it as ``textinfo``)."""
+    state.textinfo = text
 
 
 def svd_interrupt(state: Any) -> None:

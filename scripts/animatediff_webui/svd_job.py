@@ -1,8 +1,9 @@
 """One Stable Video Diffusion job, for the SVD tab and ``POST /animatediff/v1/svd``.
 
 The request's values -> checked ``SvdParams`` and the input image -> under the WebUI's queue lock
-(so it never runs beside another generation) and on its progress bar: the cached model, the
-engine's ``generate``, one ``export`` call -> ``SvdOutcome``. The engine
+(so it never runs beside another generation) and on its progress bar: the memory plan (from the
+file's header, before the weights are read), the cached model, the engine's ``generate``, one
+``export`` call -> ``SvdOutcome``. ``plan_preview`` gives the tab the same plan before any job. The engine
 (``motion_module.svd.pipeline``) imports no WebUI module; here it meets the WebUI: Settings, the
 device, the queue lock, ``shared.state`` (written only through ``host_changes``) and the output
 folder. WebUI modules are imported inside functions, so tests run this with small fakes.
@@ -28,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from motion_module.export import ExportResult, VideoTarget, export
 from motion_module.params import ClosedLoop, ParamsError, WindowParams
 from motion_module.svd import pipeline
+from motion_module.svd.checkpoint import default_frames_for
 from motion_module.svd.params import SvdParams, parse_svd_params
 
 from . import host_changes, settings
@@ -54,6 +56,9 @@ INFOTEXT_FIELDS = (
     "max_guidance",
 )
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+PLAN_FIELDS = ("model", "width", "height", "frames", "decode_chunk")  # what the plan depends on
+CKPT_PLAN = "the memory plan follows the load: a .ckpt has no header, its shapes come with its weights"
+STAGE_TEXT = {"encoding": "encoding the image", "sampling": "sampling", "decoding": "decoding"}
 
 
 @dataclass
@@ -68,7 +73,7 @@ class SvdOutcome:
     steps_done: int
     interrupted: bool
     info: str  # the infotext written into the files
-    plan: str  # the memory plan's line
+    plan: str  # the memory plan's line, as logged and shown on the progress bar before sampling
     export: ExportResult | None = None
 
 
@@ -163,6 +168,27 @@ def memory_settings(get: settings.Getter) -> pipeline.SvdMemory:
     )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a job runs, from the WebUI's device and Settings: the same for the plan
+    shown before a job and for the job."""
+
+    device: torch.device
+    dtype: torch.dtype
+    memory: pipeline.SvdMemory
+
+
+def placement(get: settings.Getter) -> Placement:
+    shared = _shared()
+    device = _devices().get_device_for("svd")
+    dtype = weight_dtype(
+        str(settings.value(get, "animatediff_svd_dtype")),
+        device,
+        bool(getattr(shared.cmd_opts, "no_half", False)),
+    )
+    return Placement(device, dtype, memory_settings(get))
+
+
 def base_params(get: settings.Getter | None = None) -> SvdParams:
     """What every request starts from: the defaults, with the decode chunk from Settings."""
     get = get or _get()
@@ -247,15 +273,35 @@ class _Key:
     dtype: torch.dtype
 
 
+def _key(path: str, dtype: torch.dtype) -> _Key:
+    stat = os.stat(path)
+    return _Key(os.path.realpath(path), stat.st_mtime_ns, stat.st_size, dtype)
+
+
 # Kept between jobs on purpose (an SVD checkpoint is several GB); at most one entry.
 _cache: dict[_Key, pipeline.SvdModel] = {}
+# The models the plans are read from: networks on the meta device (no weights, a few MB of module
+# objects each), None for a .ckpt; the newest few, for a tab switching between models.
+_shapes: dict[_Key, pipeline.SvdModel | None] = {}
+SHAPES_KEPT = 4
+
+
+def model_shapes(path: str, dtype: torch.dtype) -> pipeline.SvdModel | None:
+    """The model of ``path`` in ``dtype`` built from the file's header alone (see
+    ``pipeline.load_svd_shapes``); kept while the file (time, size) does not change."""
+    key = _key(path, dtype)
+    if key not in _shapes:
+        shapes = pipeline.load_svd_shapes(path, dtype=dtype)
+        while len(_shapes) >= SHAPES_KEPT:
+            del _shapes[next(iter(_shapes))]
+        _shapes[key] = shapes
+    return _shapes[key]
 
 
 def cached_model(path: str, dtype: torch.dtype) -> pipeline.SvdModel:
     """The model of ``path`` in ``dtype``: the cached one if neither the file (time, size) nor the
     dtype changed since; otherwise the old one is released first, then the file is loaded."""
-    stat = os.stat(path)
-    key = _Key(os.path.realpath(path), stat.st_mtime_ns, stat.st_size, dtype)
+    key = _key(path, dtype)
     if key in _cache:
         return _cache[key]
     forget_model(f"loading {os.path.basename(path)}")
@@ -275,6 +321,41 @@ def forget_model(reason: str = "cleared") -> None:
     with contextlib.suppress(ImportError):  # tests without a WebUI
         _devices().torch_gc()
     log.info("SVD: released %s (%s)", names, reason)
+
+
+# --- The memory plan ------------------------------------------------------------------------
+
+
+def describe_plan(model: pipeline.SvdModel, params: SvdParams, where: Placement) -> str:
+    return pipeline.memory_plan(model, params, where.memory, where.device).describe()
+
+
+def plan_preview(values: Mapping[str, Any]) -> str:
+    """The plan line for the tab's current choices (``PLAN_FIELDS``), before any job: from the
+    file's header, no weight read. A value or file the job would refuse gives the refusal, a
+    ``.ckpt`` says its plan comes after loading."""
+    if not values.get("model"):
+        return "SVD: choose a model for its memory plan"
+    get = _get()
+    try:
+        params = parse_svd_params({key: values[key] for key in PLAN_FIELDS}, base=base_params(get))
+        folder = model_folder(get)
+        path = resolve_model(params.model, folder, settings.list_models(folder, SUFFIXES))
+        where = placement(get)
+        shapes = model_shapes(path, where.dtype)
+    except (ParamsError, pipeline.SvdCheckpointError) as error:
+        return str(error)
+    if shapes is None:
+        return f"{params.model}: {CKPT_PLAN}"
+    return describe_plan(shapes, params, where)
+
+
+def frames_hint(model: str | None) -> str:
+    """The frames field's hint for ``model``: the count 0 stands for, from the file name."""
+    if not model:
+        return "0 = the model's own count: 14 for SVD, 25 for SVD-XT"
+    frames = default_frames_for(model)
+    return f"0 = the model's own count: {frames} for {os.path.basename(model)} (from its file name)"
 
 
 # --- The job --------------------------------------------------------------------------------
@@ -300,15 +381,8 @@ def run(params: SvdParams, image: Image.Image, *, task_id: str | None = None) ->
     get = _get()
     folder = model_folder(get)
     path = resolve_model(params.model, folder, settings.list_models(folder, SUFFIXES))
-    shared, devices = _shared(), _devices()
-    device = devices.get_device_for("svd")
-    dtype = weight_dtype(
-        str(settings.value(get, "animatediff_svd_dtype")),
-        device,
-        bool(getattr(shared.cmd_opts, "no_half", False)),
-    )
-    memory = memory_settings(get)
-    progress = _progress()
+    where = placement(get)
+    shared, progress = _shared(), _progress()
     if task_id:
         progress.add_task_to_queue(task_id)
     with _queue_lock():
@@ -317,7 +391,7 @@ def run(params: SvdParams, image: Image.Image, *, task_id: str | None = None) ->
             host_changes.svd_job(session, shared.state, JOB_NAME, params.steps)
             if task_id:
                 progress.start_task(task_id)
-            return _sample_and_save(params, image, path, folder, dtype, device, memory)
+            return _sample_and_save(params, image, path, folder, where)
         finally:
             try:
                 session.close()
@@ -329,38 +403,55 @@ def run(params: SvdParams, image: Image.Image, *, task_id: str | None = None) ->
 
 
 def _sample_and_save(
-    params: SvdParams,
-    image: Image.Image,
-    path: str,
-    folder: str,
-    dtype: torch.dtype,
-    device: torch.device,
-    memory: pipeline.SvdMemory,
+    params: SvdParams, image: Image.Image, path: str, folder: str, where: Placement
 ) -> SvdOutcome:
+    """The plan first (logged once, and on the progress bar from then on), then load, sample,
+    save. A ``.safetensors`` file is planned from its header before its weights are read; a
+    ``.ckpt`` once it is loaded."""
     state = _shared().state
-    model = cached_model(path, dtype)
     name = os.path.relpath(path, folder).replace(os.sep, "/")
-    frames = params.frames or model.default_frames
-    plan = pipeline.memory_plan(model, params, memory, device).describe()
-    log.info(
-        "SVD: %s, %d frames at %dx%d, %d steps; %s",
-        name,
-        frames,
-        params.width,
-        params.height,
-        params.steps,
-        plan,
-    )
+    frames = params.frames or default_frames_for(name)
+    shapes = model_shapes(path, where.dtype)
+    plan = describe_plan(shapes, params, where) if shapes is not None else ""
+
+    def show(text: str) -> None:
+        host_changes.svd_status(state, f"SVD: {text}. {plan or CKPT_PLAN}")
+
+    def announce() -> None:
+        log.info(
+            "SVD: %s, %d frames at %dx%d, %d steps; %s",
+            name,
+            frames,
+            params.width,
+            params.height,
+            params.steps,
+            plan,
+        )
+
+    if plan:
+        announce()
+    show(f"loading {name}")
+    model = cached_model(path, where.dtype)
+    if not plan:
+        plan = describe_plan(model, params, where)
+        announce()
 
     def on_step(done: int, total: int) -> None:
-        host_changes.svd_step(state, done, total)
+        host_changes.svd_step(state, done, total, f"SVD: step {done}/{total}. {plan}")
 
     def should_stop() -> bool:
         return bool(state.interrupted or state.skipped)
 
     try:
         result = pipeline.generate(
-            model, image, params, device=device, memory=memory, on_step=on_step, should_stop=should_stop
+            model,
+            image,
+            params,
+            device=where.device,
+            memory=where.memory,
+            on_step=on_step,
+            should_stop=should_stop,
+            on_stage=lambda stage: show(STAGE_TEXT[stage]),
         )
     except pipeline.SvdInterrupted:
         log.info("SVD: interrupted before the first step; nothing to save")

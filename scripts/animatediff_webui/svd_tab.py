@@ -1,7 +1,9 @@
 """The SVD tab (gradio 3.41, as pinned by WebUI v1.10.1) and the "Send to SVD" buttons.
 
 The tab's fields are the API's keys, and Generate goes through the same parser and job as
-``POST /animatediff/v1/svd``. Results: the video files and then the frames in a gallery (an MP4
+``POST /animatediff/v1/svd``. Under the fields, the memory plan of the chosen model, size, frames
+and decode chunk, read again from the file's header (no weights) whenever one of them changes; the
+frames hint names the chosen model's own count. Results: the video files and then the frames in a gallery (an MP4
 or WebM plays in the player ``javascript/animatediff.js`` puts under it), and an info area with
 the memory plan and the infotext. The "Send to SVD" buttons sit beside the WebUI's own send
 buttons under the txt2img and img2img results and go through the WebUI's paste registry
@@ -47,9 +49,7 @@ def _f(kind: str, label: str, info: str = "", **args: Any) -> Field:
 FIELDS: dict[str, Field] = {
     "width": _f("Slider", "Width", minimum=64, maximum=2048, step=8),
     "height": _f("Slider", "Height", minimum=64, maximum=2048, step=8),
-    "frames": _f(
-        "Number", "Frames", "0 = the model's own count: 14 for SVD, 25 for SVD-XT", precision=0, minimum=0
-    ),
+    "frames": _f("Number", "Frames", precision=0, minimum=0),  # its hint names the model's count
     "steps": _f("Slider", "Sampling steps", minimum=1, maximum=200, step=1),
     "seed": _f("Number", "Seed", "-1 = random", precision=0, minimum=-1),
     "fps": _f(
@@ -109,6 +109,7 @@ class SvdTab:
     image: Any
     model: Any
     fields: dict[str, Any]
+    plan: Any
     task_id: Any
     generate: Any
     interrupt: Any
@@ -148,9 +149,12 @@ def build(
                         kwargs = dict(
                             spec.args, label=spec.label, value=values[key], elem_id=f"{TAB_ID}_{key}"
                         )
-                        if spec.info:
+                        if key == "frames":
+                            kwargs["info"] = svd_job.frames_hint(model.value)
+                        elif spec.info:
                             kwargs["info"] = spec.info
                         comps[key] = getattr(gr, spec.kind)(**kwargs)
+            plan = gr.HTML(plan_html(plan_values(model.value, values)), elem_id=f"{TAB_ID}_plan")
         with gr.Column():
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{TAB_ID}_interrupt")
@@ -159,7 +163,7 @@ def build(
             with gr.Group(elem_id=f"{TAB_ID}_gallery_container"):
                 gallery = gr.Gallery(label="Output", show_label=False, columns=4, elem_id=f"{TAB_ID}_gallery")
             info = gr.HTML(elem_id=f"{TAB_ID}_info")
-    tab = SvdTab(image, model, comps, task_id, generate, interrupt, refresh, gallery, info)
+    tab = SvdTab(image, model, comps, plan, task_id, generate, interrupt, refresh, gallery, info)
     _wire(gr, tab, model_choices)
     return tab
 
@@ -171,6 +175,15 @@ def _wire(gr: Any, tab: SvdTab, model_choices: Callable[[], list[str]]) -> None:
         return gr.Dropdown.update(choices=names, value=current if current in names else (names or [None])[0])
 
     tab.refresh.click(fn=refresh, inputs=[tab.model], outputs=[tab.model])
+
+    def model_changed(model: Any, *values: Any) -> tuple[str, Any]:
+        """Another model: its plan, and the frames hint with its own count."""
+        return show_plan(model, *values), gr.Number.update(info=svd_job.frames_hint(model))
+
+    plan_inputs = [tab.model, *(tab.fields[key] for key in PLAN_KEYS)]
+    tab.model.change(fn=model_changed, inputs=plan_inputs, outputs=[tab.plan, tab.fields["frames"]])
+    for key in PLAN_KEYS:
+        tab.fields[key].change(fn=show_plan, inputs=plan_inputs, outputs=[tab.plan])
     tab.interrupt.click(fn=interrupt, inputs=[], outputs=[])
     tab.generate.click(
         fn=generate,
@@ -179,6 +192,25 @@ def _wire(gr: Any, tab: SvdTab, model_choices: Callable[[], list[str]]) -> None:
         outputs=[tab.gallery, tab.info],
         show_progress=False,
     )
+
+
+# --- the memory plan and the frames hint ------------------------------------------------------
+
+PLAN_KEYS = tuple(key for key in svd_job.PLAN_FIELDS if key != "model")
+
+
+def plan_values(model: Any, values: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model or "", **{key: values[key] for key in PLAN_KEYS}}
+
+
+def plan_html(values: dict[str, Any]) -> str:
+    text = svd_job.plan_preview(values)
+    return f"<p class='animatediff-svd-plan'>Memory plan: {html.escape(text)}</p>"
+
+
+def show_plan(model: Any, *values: Any) -> str:
+    """A plan field changed: the plan again (cheap: the header's model is cached)."""
+    return plan_html(plan_values(model, dict(zip(PLAN_KEYS, values, strict=True))))
 
 
 def interrupt() -> None:
