@@ -78,17 +78,18 @@ def reset_hwm(pid: int) -> bool:
 
 
 class RSSSampler:
-    """Largest VmRSS of ``pid`` seen while running, sampled every ``interval`` seconds."""
+    """Largest VmRSS (or another ``/proc/<pid>/status`` entry in kB, e.g. RssAnon) of ``pid`` seen
+    while running, sampled every ``interval`` seconds."""
 
-    def __init__(self, pid: int, interval: float = 0.2):
-        self.pid, self.interval = pid, interval
-        self.peak = self.start = status_kib(pid, "VmRSS")
+    def __init__(self, pid: int, interval: float = 0.2, key: str = "VmRSS"):
+        self.pid, self.interval, self.key = pid, interval, key
+        self.peak = self.start = status_kib(pid, key)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
+            self.peak = max(self.peak, status_kib(self.pid, self.key))
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -98,7 +99,7 @@ class RSSSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
+        self.peak = max(self.peak, status_kib(self.pid, self.key))
 
 
 # --- jobs -----------------------------------------------------------------------------------------

@@ -171,8 +171,10 @@ def test_bad_requests_are_422_naming_the_field(svd_server):
 
 
 def test_interrupt_stops_the_job_early_and_the_webui_stays_unchanged(svd_models):
+    """Also: the memory plan is on the progress line while the job samples, and logged once."""
     steps = 40
     result: dict = {}
+    log_offset = svd_models.log_size()
 
     def run():
         result["response"] = svd_models.post(ROUTE, svd_job(steps=steps, seed=9))
@@ -180,15 +182,16 @@ def test_interrupt_stops_the_job_early_and_the_webui_stays_unchanged(svd_models)
     worker = threading.Thread(target=run, daemon=True)
     started = time.monotonic()
     worker.start()
-    reached = None
+    reached = textinfo = None
     while time.monotonic() < started + 240 and worker.is_alive():
-        state = svd_models.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]
+        progress = svd_models.get("/sdapi/v1/progress?skip_current_image=true").json()
+        state = progress["state"]
         if (
             state.get("job") == "animatediff_svd"
             and state.get("sampling_steps") == steps
             and state.get("sampling_step", 0) >= 1
         ):
-            reached = state["sampling_step"]
+            reached, textinfo = state["sampling_step"], progress["textinfo"]
             break
         time.sleep(0.1)
     assert reached is not None, (
@@ -204,6 +207,10 @@ def test_interrupt_stops_the_job_early_and_the_webui_stays_unchanged(svd_models)
     done = int(re.search(r"after step (\d+) of 40", body["info"]).group(1))
     assert reached <= done < steps
     assert gif_frame_count(body["videos"][0]) == FRAMES  # what it had is decoded and saved
+    plan = body["memory_plan"]
+    assert plan.startswith("SVD memory on cpu (offload on): weights ") and "peak about" in plan
+    assert re.fullmatch(rf"SVD: step \d+/{steps}\. {re.escape(plan)}", textinfo), textinfo
+    assert svd_models.log_since(log_offset).count(plan) == 1
     state = svd_models.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]
     assert state["job"] == "" and state["job_count"] == 0
     assert_plain_unchanged(svd_models, "an interrupted SVD job")
