@@ -447,6 +447,26 @@ def test_the_plan_is_read_from_the_header_logged_once_and_on_the_progress_bar_be
     assert len(webui.engine.shape_reads) == 1  # the header's model is kept while the file is unchanged
 
 
+def test_the_header_models_are_kept_per_file_and_dtype_the_newest_few(webui):
+    path, other = str(webui.folder / "svd.safetensors"), str(webui.folder / "svd_xt.safetensors")
+    svd_job._shapes.clear()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        svd_job.model_shapes(path, dtype)
+    svd_job.model_shapes(path, torch.float16)  # kept: not read again
+    assert len(webui.engine.shape_reads) == 4
+    svd_job.model_shapes(other, torch.float32)  # a fifth: the oldest goes
+    assert len(svd_job._shapes) == svd_job.SHAPES_KEPT == 4
+    assert [(os.path.basename(k.path), k.dtype) for k in svd_job._shapes] == [
+        ("svd.safetensors", torch.float16),
+        ("svd.safetensors", torch.bfloat16),
+        ("svd.safetensors", torch.float64),
+        ("svd_xt.safetensors", torch.float32),
+    ]
+    os.utime(path, ns=(0, 10**9))
+    svd_job.model_shapes(path, torch.bfloat16)
+    assert len(webui.engine.shape_reads) == 6  # the file changed: read again
+
+
 def test_a_ckpt_is_planned_once_it_is_loaded(webui, caplog):
     (webui.folder / "svd.ckpt").write_bytes(b"fake")
     with caplog.at_level("INFO", logger="animatediff"):

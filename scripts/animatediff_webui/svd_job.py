@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -284,18 +285,20 @@ _cache: dict[_Key, pipeline.SvdModel] = {}
 # objects each), None for a .ckpt; the newest few, for a tab switching between models.
 _shapes: dict[_Key, pipeline.SvdModel | None] = {}
 SHAPES_KEPT = 4
+_shapes_lock = threading.Lock()
 
 
 def model_shapes(path: str, dtype: torch.dtype) -> pipeline.SvdModel | None:
     """The model of ``path`` in ``dtype`` built from the file's header alone (see
     ``pipeline.load_svd_shapes``); kept while the file (time, size) does not change."""
     key = _key(path, dtype)
-    if key not in _shapes:
-        shapes = pipeline.load_svd_shapes(path, dtype=dtype)
-        while len(_shapes) >= SHAPES_KEPT:
-            del _shapes[next(iter(_shapes))]
-        _shapes[key] = shapes
-    return _shapes[key]
+    with _shapes_lock:  # the tab's change events run in gradio's worker threads
+        if key not in _shapes:
+            shapes = pipeline.load_svd_shapes(path, dtype=dtype)
+            while len(_shapes) >= SHAPES_KEPT:
+                del _shapes[next(iter(_shapes))]
+            _shapes[key] = shapes
+        return _shapes[key]
 
 
 def cached_model(path: str, dtype: torch.dtype) -> pipeline.SvdModel:
