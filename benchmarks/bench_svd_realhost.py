@@ -232,7 +232,10 @@ def run_job(args: argparse.Namespace, server) -> int:
         print(f"- {name}: {at:.1f} s after the POST")
     if "job on the progress" in timeline.seen and "loaded (encoding began)" in timeline.seen:
         load = timeline.seen["loaded (encoding began)"] - timeline.seen["job on the progress"]
-        print(f"- load time (job shown to encoding): about {load:.1f} s")
+        print(
+            f"- load time (job shown to encoding): about {load:.1f} s (safetensors maps the file: weights "
+            "are read from it as each network first runs, inside the following stages)"
+        )
     if low_memory:
         print(f"- INTERRUPTED BY THE GUARD: {low_memory[0]:.2f} GiB available < {args.floor_gib} GiB")
     if interrupted_at is not None:
