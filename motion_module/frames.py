@@ -22,6 +22,9 @@ from .motion_strength import MotionStrength
 TemporalFn = Callable[[torch.Tensor, int], torch.Tensor]
 # runner(fn, x, frames) -> y: runs fn over windows of the frame axis and fuses the results.
 TemporalRunner = Callable[[TemporalFn, torch.Tensor, int], torch.Tensor]
+# chunk_inputs(start, stop, rows): held while a per-frame layer runs rows [start, stop) of a call of
+# ``rows`` rows; gives inputs read inside the layers (not passed to them) those rows.
+ChunkInputs = Callable[[int, int, int], contextlib.AbstractContextManager[None]]
 
 
 @dataclass
@@ -38,12 +41,16 @@ class FrameLayout:
     ``spatial_rows``: in motion-module-window mode the UNet sees every frame at once; its per-frame
     (spatial) layers then run over chunks of at most this many rows, so their transient memory
     (attention maps above all) stays that of a ``spatial_rows``-row batch (``spatial_chunks``).
+    ``chunk_inputs``: entered around each such chunk, so that per-row inputs the layers read from
+    elsewhere than their arguments (an IP-Adapter's per-frame image embedding and its cond
+    marks, kept on the adapter) hold the chunk's rows while it runs.
     """
 
     frames: int = 0
     temporal_runner: TemporalRunner | None = None
     strength: MotionStrength = field(default_factory=MotionStrength)
     spatial_rows: int = 0  # > 0: per-frame layers run over at most this many rows at a time
+    chunk_inputs: ChunkInputs | None = None
 
     def blocks(self, rows: int) -> int:
         """Number of video blocks in a call of ``rows`` rows; raises if the rows do not divide."""
@@ -67,15 +74,20 @@ class FrameLayout:
 
     @contextlib.contextmanager
     def using(
-        self, frames: int, temporal_runner: TemporalRunner | None = None, spatial_rows: int = 0
+        self,
+        frames: int,
+        temporal_runner: TemporalRunner | None = None,
+        spatial_rows: int = 0,
+        chunk_inputs: ChunkInputs | None = None,
     ) -> Iterator[FrameLayout]:
         """Set the layout for the duration of one UNet call and restore the previous one."""
-        saved = (self.frames, self.temporal_runner, self.spatial_rows)
-        self.frames, self.temporal_runner, self.spatial_rows = frames, temporal_runner, spatial_rows
+        saved = (self.frames, self.temporal_runner, self.spatial_rows, self.chunk_inputs)
+        self.frames, self.temporal_runner = frames, temporal_runner
+        self.spatial_rows, self.chunk_inputs = spatial_rows, chunk_inputs
         try:
             yield self
         finally:
-            self.frames, self.temporal_runner, self.spatial_rows = saved
+            self.frames, self.temporal_runner, self.spatial_rows, self.chunk_inputs = saved
 
     @contextlib.contextmanager
     def applying(self, strength: MotionStrength) -> Iterator[FrameLayout]:

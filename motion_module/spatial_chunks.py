@@ -10,12 +10,16 @@ passed between layers grow with the frames.
 Each layer inside the UNet's blocks gets a forward on the instance that splits its input rows,
 and every argument with as many rows (the timestep embedding, the text conditioning), into
 chunks when ``layout.spatial_rows`` is set, and is a plain call otherwise; the undo puts each
-layer's own forward back. Not for a UNet whose GroupNorms normalise across frames (v1, HotShot):
-those layers are not per frame. Imports no WebUI module.
+layer's own forward back. Per-row inputs a layer reads from elsewhere (an IP-Adapter's image
+embedding, kept on the adapter and evaluated in the cross-attention) cannot be split here: each
+chunk runs inside ``layout.chunk_inputs(start, stop, rows)``, which gives them the chunk's rows.
+Not for a UNet whose GroupNorms normalise across frames (v1, HotShot): those layers are not per
+frame. Imports no WebUI module.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -37,17 +41,20 @@ def _take(value: Any, start: int, stop: int, rows: int) -> Any:
 
 def _chunked(forward: Callable[..., torch.Tensor], layout: FrameLayout) -> Callable[..., torch.Tensor]:
     def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        step, rows = layout.spatial_rows, x.shape[0]
+        step, rows, around = layout.spatial_rows, x.shape[0], layout.chunk_inputs
         if step <= 0 or rows <= step:
             return forward(x, *args, **kwargs)
-        outputs = [
-            forward(
-                x[start : start + step],
-                *(_take(a, start, start + step, rows) for a in args),
-                **{k: _take(v, start, start + step, rows) for k, v in kwargs.items()},
-            )
-            for start in range(0, rows, step)
-        ]
+        outputs = []
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            with around(start, stop, rows) if around is not None else contextlib.nullcontext():
+                outputs.append(
+                    forward(
+                        x[start:stop],
+                        *(_take(a, start, stop, rows) for a in args),
+                        **{k: _take(v, start, stop, rows) for k, v in kwargs.items()},
+                    )
+                )
         return torch.cat(outputs)
 
     return run

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,6 +61,15 @@ def slice_rows(value: Any, index: torch.Tensor, rows: int) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    get: Callable[[], Any]
+    set: Callable[[Any], None]
+    per_call: bool
+    per_chunk: bool
+
+
 class PerFrameInputs:
     """Per-frame inputs that do not travel through the inner call's arguments (ControlNet hints).
 
@@ -67,41 +77,88 @@ class PerFrameInputs:
     wrapper writes the window's rows and afterwards writes the full tensor back. A tensor with as
     many rows as the call is indexed row by row; one holding a different whole number of
     ``frames``-row blocks (e.g. a single block shared by cond and uncond) by row modulo its length.
+
+    Entries read inside per-frame layers (``per_chunk``) also get the rows of each chunk when
+    motion-module mode runs those layers over chunks of the call's rows (``chunk``); an entry that
+    only exists during the call (``per_call`` False) is sliced per chunk only. ``resets`` run
+    whenever the inputs change (before and after every call and chunk): state derived from them
+    that would otherwise outlive them is dropped.
     """
 
     def __init__(self) -> None:
-        self._entries: list[tuple[str, Callable[[], Any], Callable[[Any], None]]] = []
+        self._entries: list[_Entry] = []
+        self._resets: list[Callable[[], None]] = []
 
-    def add(self, name: str, get: Callable[[], Any], set: Callable[[Any], None]) -> None:  # noqa: A002
-        self._entries.append((name, get, set))
+    def add(
+        self,
+        name: str,
+        get: Callable[[], Any],
+        set: Callable[[Any], None],  # noqa: A002
+        *,
+        per_call: bool = True,
+        per_chunk: bool = False,
+    ) -> None:
+        self._entries.append(_Entry(name, get, set, per_call, per_chunk))
+
+    def add_reset(self, reset: Callable[[], None]) -> None:
+        self._resets.append(reset)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    @contextlib.contextmanager
+    @property
+    def read_in_layers(self) -> bool:
+        """Whether any entry must follow the chunks of per-frame layers."""
+        return any(entry.per_chunk for entry in self._entries)
+
     def sliced(
         self, index: torch.Tensor | None, rows: int, frames: int, device: torch.device | None = None
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """For one UNet call: each input's rows of ``index`` (None: every row), moved to
         ``device`` (the UNet's, where the call runs). Only that part is moved: the full inputs
         may be kept on the CPU, and a long video's hints then never sit on the device whole."""
+        return self._sliced([e for e in self._entries if e.per_call], index, rows, frames, device)
+
+    def chunk(
+        self, start: int, stop: int, rows: int, frames: int, device: torch.device | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """For one chunk of a call's rows, [start, stop) of ``rows``, while a per-frame layer runs
+        it: the inputs read inside the layers hold those rows."""
+        index = torch.arange(start, stop)
+        return self._sliced([e for e in self._entries if e.per_chunk], index, rows, frames, device)
+
+    @contextlib.contextmanager
+    def _sliced(
+        self,
+        entries: list[_Entry],
+        index: torch.Tensor | None,
+        rows: int,
+        frames: int,
+        device: torch.device | None,
+    ) -> Iterator[None]:
         restore: list[tuple[Callable[[Any], None], Any]] = []
         try:
-            for name, get, set_ in self._entries:
-                full = get()
+            self._reset()
+            for entry in entries:
+                full = entry.get()
                 if full is None:
                     continue
-                part = full if index is None else _take(name, full, index, rows, frames)
+                part = full if index is None else _take(entry.name, full, index, rows, frames)
                 if device is not None:
                     part = part.to(device)
                 if part is full:
                     continue
-                restore.append((set_, full))
-                set_(part)
+                restore.append((entry.set, full))
+                entry.set(part)
             yield
         finally:
             for set_, full in reversed(restore):
                 set_(full)
+            self._reset()
+
+    def _reset(self) -> None:
+        for reset in self._resets:
+            reset()
 
 
 def _take(name: str, full: Any, index: torch.Tensor, rows: int, frames: int) -> Any:
@@ -237,8 +294,14 @@ class WindowedDenoiser:
         self, x: torch.Tensor, sigma: Any, cond: dict, runner: TemporalRunner | None
     ) -> torch.Tensor:
         rows = self.params.frame_budget if runner is not None else 0  # motion-module windows: bounded
+        chunk_inputs = None
+        if rows > 0 and self.per_frame.read_in_layers:
+
+            def chunk_inputs(start: int, stop: int, total: int) -> contextlib.AbstractContextManager[None]:
+                return self.per_frame.chunk(start, stop, total, self.frames, x.device)
+
         with self.per_frame.sliced(None, x.shape[0], self.frames, x.device):
-            with self.layout.using(self.frames, runner, spatial_rows=rows):
+            with self.layout.using(self.frames, runner, spatial_rows=rows, chunk_inputs=chunk_inputs):
                 return self.inner(x, sigma, **cond)
 
     def _count(self, out: torch.Tensor, frame_evals: int) -> torch.Tensor:

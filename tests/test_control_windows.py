@@ -203,3 +203,83 @@ def test_motion_module_mode_gives_the_unet_every_frames_hint_at_once(controlled_
     assert x_in is x and length == frames and hint_in is hint and unit.writes == 0
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
     unit.hint_cond = None
+
+
+class RowReader:
+    """Stands in for ControlNet's IP-Adapter: a per-row embedding and the call's cond marks kept
+    outside the layers' arguments (the marks are made by the inner call, as ControlNet makes them
+    at the start of each UNet call), read by a forward hook on every cross-attention, which adds
+    the marked embedding to the output and records which rows it got."""
+
+    def __init__(self, rows: int):
+        self.emb = torch.arange(1, rows + 1, dtype=torch.float32)  # row k holds k + 1
+        self.mark: torch.Tensor | None = None
+        self.seen: list[tuple[list[int], list[int], int]] = []
+        self.resets = 0
+
+    def hook(self, module, args, output):
+        assert self.emb.shape[0] == self.mark.shape[0] == output.shape[0], "one embedding row per layer row"
+        self.seen.append((self.emb.long().tolist(), self.mark.long().tolist(), output.shape[0]))
+        return output + 0.01 * (self.emb * self.mark).view(-1, 1, 1)
+
+
+def test_motion_module_chunks_give_inputs_read_in_layers_their_rows(controlled_unet) -> None:
+    """Motion-module mode with a frame budget runs per-frame layers over chunks of the call's
+    rows; inputs those layers read from elsewhere (registered ``per_chunk``) hold each chunk's
+    rows while it runs, one made during the call (``per_call`` False) included, resets run around
+    every chunk, and the result equals the unchunked run to float tolerance."""
+    unet, layout, _unit = controlled_unet
+    frames = 12
+    x, t, context, _hint = inputs(frames, seed=4)
+    attentions = [
+        m.transformer_blocks[0].attn2 for m in unet.modules() if type(m).__name__ == "SpatialTransformer"
+    ]
+    outs, seen = {}, {}
+    for budget in (0, 8):
+        reader = RowReader(2 * frames)
+        registry = PerFrameInputs()
+        registry.add(
+            "embedding", lambda r=reader: r.emb, lambda v, r=reader: setattr(r, "emb", v), per_chunk=True
+        )
+        registry.add(
+            "marks",
+            lambda r=reader: r.mark,
+            lambda v, r=reader: setattr(r, "mark", v),
+            per_call=False,
+            per_chunk=True,
+        )
+        registry.add_reset(lambda r=reader: setattr(r, "resets", r.resets + 1))
+        chunks_run: list[tuple] = []
+        real_chunk = registry.chunk
+
+        def chunk(*args, real=real_chunk, log=chunks_run):
+            log.append(args[:3])
+            return real(*args)
+
+        registry.chunk = chunk
+
+        def inner(x_in, sigma, cond, r=reader):
+            r.mark = torch.cat([torch.ones(frames), torch.zeros(frames)])  # a fresh tensor each call
+            return unet(x_in, timesteps=sigma, context=cond["c_crossattn"][0])
+
+        params = WindowParams(context=8, overlap=2, frame_budget=budget, mode=WindowMode.MOTION_MODULE)
+        hooks = [a.register_forward_hook(reader.hook) for a in attentions]
+        try:
+            with torch.no_grad():
+                outs[budget] = WindowedDenoiser(inner, params, layout, frames, lambda: 1, registry)(
+                    x, t, cond={"c_crossattn": [context]}
+                )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        seen[budget] = reader.seen
+        assert reader.emb.shape[0] == 2 * frames and reader.mark.shape[0] == 2 * frames  # whole again
+        assert reader.resets == 2 * (1 + len(chunks_run)), (budget, reader.resets)  # the call, each chunk
+        assert len(chunks_run) >= (len(attentions) * 3 if budget else 0), len(chunks_run)
+    full_rows = list(range(1, 2 * frames + 1))
+    full_marks = [1] * frames + [0] * frames
+    assert seen[0] == [(full_rows, full_marks, 2 * frames)] * len(attentions)
+    chunks = [(start, min(start + 8, 2 * frames)) for start in range(0, 2 * frames, 8)]
+    expected = [(full_rows[a:b], full_marks[a:b], b - a) for a, b in chunks] * len(attentions)
+    assert seen[8] == expected
+    torch.testing.assert_close(outs[8], outs[0], rtol=1e-4, atol=1e-5)

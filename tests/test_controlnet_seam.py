@@ -261,6 +261,62 @@ def test_ip_adapter_keyframe_embeddings_are_sliced_per_window():
     assert torch.equal(adapters[0].image_emb.cond_emb, per_frame.cond_emb)
 
 
+def test_ip_adapter_rows_follow_each_chunk_and_projections_are_dropped():
+    """Motion-module mode runs the per-frame layers over chunks of the call's rows, and
+    ControlNet's IP-Adapter evaluates its embedding there against the cond marks it keeps on the
+    UNet model (made at the start of each UNet call): a chunk gets the chunk's embedding rows and
+    marks; a windowed call gets its embedding rows but leaves the marks to ControlNet. The
+    adapter's projections (kept per layer for the whole job) are dropped whenever the rows
+    change, before and after, so no call or chunk runs with another one's."""
+    from typing import NamedTuple
+
+    class ImageEmbed(NamedTuple):
+        cond_emb: torch.Tensor
+        uncond_emb: torch.Tensor
+
+    per_frame = ImageEmbed(torch.arange(2 * FRAMES, dtype=torch.float32).view(-1, 1, 1), torch.zeros(1, 1, 1))
+    adapter = SimpleNamespace(image_emb=per_frame, cache={"1_to_k_ip": "first call's"})
+    marks = torch.cat([torch.ones(FRAMES), torch.zeros(FRAMES)]).view(-1, 1, 1, 1)
+    unet = SimpleNamespace(cond_mark=marks)
+    p, cn = make_p([{"enabled": True}])
+    control = SimpleNamespace(hint_cond=None, hr_hint_cond=None, control_model=adapter)
+    cn.latest_network = SimpleNamespace(control_params=[control], model=unet)
+    inputs = controlnet.hint_inputs(p, FRAMES)
+    assert inputs.read_in_layers
+
+    with inputs.chunk(6, 14, rows=2 * FRAMES, frames=FRAMES):
+        assert adapter.cache == {}
+        assert adapter.image_emb.cond_emb.flatten().tolist() == list(range(6, 14))
+        assert unet.cond_mark.flatten().tolist() == [1.0] * 4 + [0.0] * 4
+        adapter.cache["1_to_k_ip"] = "this chunk's"
+    assert (
+        adapter.cache == {} and adapter.image_emb.cond_emb is per_frame.cond_emb and unet.cond_mark is marks
+    )
+
+    index = torch.tensor([2, 3, 12, 13])
+    adapter.cache["1_to_k_ip"] = "earlier"
+    with inputs.sliced(index, rows=2 * FRAMES, frames=FRAMES):
+        assert adapter.cache == {} and adapter.image_emb.cond_emb.flatten().tolist() == [2, 3, 12, 13]
+        assert unet.cond_mark is marks  # ControlNet makes this call's marks itself
+    assert adapter.image_emb.cond_emb is per_frame.cond_emb and adapter.cache == {}
+
+    one_image = ImageEmbed(torch.ones(1, 1, 1), torch.zeros(1, 1, 1))
+    adapter.image_emb = one_image
+    with inputs.chunk(16, 20, rows=2 * FRAMES, frames=FRAMES):
+        assert adapter.image_emb is one_image  # one row serves every row
+        assert unet.cond_mark.flatten().tolist() == [0.0] * 4
+
+
+def test_without_an_ip_adapter_the_cond_marks_are_left_alone():
+    marks = torch.ones(2 * FRAMES, 1, 1, 1)
+    p, cn = make_p([{"enabled": True}])
+    control = SimpleNamespace(hint_cond=None, hr_hint_cond=None, control_model=SimpleNamespace())
+    cn.latest_network = SimpleNamespace(control_params=[control], model=SimpleNamespace(cond_mark=marks))
+    inputs = controlnet.hint_inputs(p, FRAMES)
+    with inputs.chunk(0, 4, rows=2 * FRAMES, frames=FRAMES):
+        assert cn.latest_network.model.cond_mark is marks
+
+
 def fake_ip_adapter_controlnet(monkeypatch, fields=("cond_emb", "uncond_emb")):
     """ControlNet's pieces the IP-Adapter fix touches: its script (whose ``process`` builds the
     per-frame embedding as ``ImageEmbed(cond, uncond, True)`` from its module globals) and its

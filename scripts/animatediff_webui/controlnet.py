@@ -335,6 +335,14 @@ def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
     with one image) is shared by all windows and left alone; an IP-Adapter embedding with one row
     per frame (keyframes) is sliced like a hint.
 
+    ControlNet's IP-Adapter evaluates its embedding inside every cross-attention layer against
+    the cond marks ControlNet puts on the UNet model at the start of each call (one per row), so
+    when motion-module mode runs those layers over chunks of the call's rows, the embedding and
+    the marks are sliced to each chunk too. The adapter keeps each layer's key and value
+    projections of the evaluated embedding for the whole job, made by the first call; they are
+    dropped whenever the rows change (each call and chunk), or later windows and chunks would
+    run with the first one's.
+
     ControlNet makes every frame's hint at once, on the device the UNet runs on. The first read
     moves a per-frame hint to the CPU (once); each call then gets its window's rows moved to the
     UNet's device, so the device holds one window's hints instead of the whole video's.
@@ -385,11 +393,37 @@ def hint_inputs(p: Any, frames: int) -> PerFrameInputs | None:
 
         return put
 
+    def adapters() -> list[Any]:
+        models = [getattr(control, "control_model", None) for control in params()]
+        return [m for m in models if hasattr(m, "image_emb") and isinstance(getattr(m, "cache", None), dict)]
+
+    def unet_model() -> Any:
+        return getattr(getattr(cn, "latest_network", None), "model", None)
+
+    def get_cond_mark() -> torch.Tensor | None:
+        mark = getattr(unet_model(), "cond_mark", None) if adapters() else None
+        return mark if isinstance(mark, torch.Tensor) and mark.dim() > 0 else None
+
+    def clear_projections() -> None:
+        for adapter in adapters():
+            host_changes.ip_adapter_projections_cleared(adapter)
+
     for index in range(8):  # ControlNet offers at most 8 units; absent ones read as None
         for name in ("hint_cond", "hr_hint_cond"):
             inputs.add(f"ControlNet {index} {name}", getter(index, name), setter(index, name))
         for part in ("cond_emb", "uncond_emb"):
             inputs.add(
-                f"IP-Adapter {index} {part}", embedding_getter(index, part), embedding_setter(index, part)
+                f"IP-Adapter {index} {part}",
+                embedding_getter(index, part),
+                embedding_setter(index, part),
+                per_chunk=True,
             )
+    inputs.add(
+        "IP-Adapter cond marks",
+        get_cond_mark,
+        lambda value: host_changes.window_hint(unet_model(), "cond_mark", value),
+        per_call=False,  # ControlNet makes them at the start of each UNet call
+        per_chunk=True,
+    )
+    inputs.add_reset(clear_projections)
     return inputs

@@ -140,8 +140,10 @@ RESULTS: tuple[Change, ...] = (
 LIFETIME: tuple[Change, ...] = (Change("img2img Batch tab hook", ("img2img.process_batch",)),)
 PER_CALL: tuple[Change, ...] = (
     Change(
-        "ControlNet hints per window", ("control.hint_cond", "control.hr_hint_cond", "ip_adapter.image_emb")
+        "ControlNet hints per window",
+        ("control.hint_cond", "control.hr_hint_cond", "ip_adapter.image_emb", "unet_model.cond_mark"),
     ),
+    Change("IP-Adapter projections dropped", ("ip_adapter.cache",)),
     Change("one sampling pass", ("p.rng", "p.steps", "p.enable_hr", "p.mask", "p.nmask")),
     Change(
         "one frame's img2img init", ("p.init_images", "p.image_mask", "p.batch_size", "p.color_corrections")
@@ -623,9 +625,18 @@ def hint_on_cpu(control: Any, name: str, hint: torch.Tensor) -> torch.Tensor:
 
 def window_hint(control: Any, name: str, value: Any) -> None:
     """One ControlNet control's hint (``hint_cond`` or ``hr_hint_cond``, or an IP-Adapter's
-    ``image_emb``) for one windowed call; the windowed denoiser writes the full one back when the
-    call returns."""
+    ``image_emb``, or the cond marks ControlNet keeps on the UNet model) for one windowed call or
+    one chunk of rows; the windowed denoiser writes the full one back when the call or chunk
+    returns."""
     setattr(control, name, value)
+
+
+def ip_adapter_projections_cleared(adapter: Any) -> None:
+    """A ControlNet IP-Adapter's projections of its image embedding (``cache``: one key and
+    value tensor per attention layer, made on first use and kept for the job) dropped, so that
+    the next evaluation projects the rows it gets now. Not undone: it is a cache, rebuilt on
+    demand."""
+    adapter.cache = {}
 
 
 # --- results -----------------------------------------------------------------------------------
