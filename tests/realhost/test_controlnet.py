@@ -29,6 +29,7 @@ pytestmark = pytest.mark.realhost
 REPO = Path(__file__).resolve().parents[2]
 VIDEO_FPS = 12
 CONTEXT = 16
+WINDOW_MODES = ("unet", "motion_module")  # whole-UNet windows; one UNet call, temporal windows (default)
 
 
 # --- media made at test time -------------------------------------------------------------------------
@@ -285,9 +286,13 @@ def expected_windows(frames: int, steps: int) -> list[tuple[int, ...]]:
     return [w for step in range(steps) for w in schedule(frames, step, params)]
 
 
-def test_windows_get_their_frames_hints(cn_server, media):
+@pytest.mark.parametrize("mode", WINDOW_MODES)
+def test_windows_get_their_frames_hints(cn_server, media, mode):
     """40 frames, context 16: every UNet call gets the hint rows of exactly the frames it runs,
-    for its cond rows and its uncond rows, window after window as the schedule lists them."""
+    for its cond rows and its uncond rows: in unet mode window after window as the schedule
+    lists them; in motion_module mode (one UNet call a step holds every frame; ControlNet's
+    model runs once on the call and its residuals join the UNet between blocks, outside the
+    chunks of rows) every frame's hint in order, once per step."""
     steps = 2
     reset_record(cn_server)
     body = cn_server.generate(
@@ -298,7 +303,7 @@ def test_windows_get_their_frames_hints(cn_server, media):
             video_source=str(media["clip40"]),
             video_length=0,
             batch_size=CONTEXT,
-            window_mode="unet",  # whole-UNet windows: each UNet call holds one window's frames
+            window_mode=mode,
         ),
     )
     assert gif_of(body).n_frames == 40
@@ -313,8 +318,14 @@ def test_windows_get_their_frames_hints(cn_server, media):
     seen: list[tuple[int, ...]] = []
     for n, call in enumerate(rec["calls"]):
         cond = assert_window_hints(call, frame_of, n)
+        if mode == "motion_module":
+            assert cond == list(range(40)), f"call {n}: frames {cond}"
+            continue
         assert len(cond) % CONTEXT == 0, f"call {n}: {len(cond)} frames is not whole windows"
         seen += [tuple(cond[k : k + CONTEXT]) for k in range(0, len(cond), CONTEXT)]
+    if mode == "motion_module":
+        assert len(rec["calls"]) == steps, f"{len(rec['calls'])} ControlNet calls for {steps} steps"
+        return
     expected = expected_windows(40, steps)
     assert seen == expected, f"windows seen by ControlNet:\n{seen}\nexpected:\n{expected}"
     assert set(itertools.chain(*seen)) == set(range(40))
@@ -323,22 +334,31 @@ def test_windows_get_their_frames_hints(cn_server, media):
 # --- 3. control changes the frames --------------------------------------------------------------------
 
 
-def test_control_changes_the_frames(cn_server, media, square24):
+@pytest.mark.parametrize("mode", WINDOW_MODES)
+def test_control_changes_the_frames(cn_server, media, mode):
     """The clip through an enabled unit vs the same 24-frame, 12-fps job with the unit disabled
     (and so no video): far apart, while the same job twice (path vs base64 data) is identical.
     And the frames follow the video's content: a black clip of the same length gives others.
-    (Measured here: ~16 levels mean per frame with vs without control, noise 0.)"""
-    controlled = gif_frames(gif_of(square24["path"]))
-    noise = mean_gap(controlled, gif_frames(gif_of(square24["data"])))
-    job = v2v_job(cn_server, units=[cn_unit(cn_server, enabled=False)], video_length=24, fps=12)
+    (Measured here: ~16 levels mean per frame with vs without control, noise 0, in motion_module
+    mode.)"""
+    clip = media["clip24"]
+
+    def video(source: str, units: list[dict] | None = None, **fields) -> list[np.ndarray]:
+        job = v2v_job(cn_server, units=units, video_source=source, window_mode=mode, **fields)
+        return gif_frames(gif_of(cn_server.generate("/sdapi/v1/txt2img", job)))
+
+    controlled = video(str(clip), video_length=0)
+    noise = mean_gap(controlled, video(base64.b64encode(clip.read_bytes()).decode(), video_length=0))
+    job = v2v_job(
+        cn_server, units=[cn_unit(cn_server, enabled=False)], video_length=24, fps=12, window_mode=mode
+    )
     free = gif_frames(gif_of(cn_server.generate("/sdapi/v1/txt2img", job)))
     effect = mean_gap(controlled, free)
-    black = write_mp4(cn_server.media / "black24.mp4", 24, draw=False)
-    other = gif_frames(
-        gif_of(cn_server.generate("/sdapi/v1/txt2img", v2v_job(cn_server, video_source=str(black))))
+    black = write_mp4(cn_server.media / f"black24-{mode}.mp4", 24, draw=False)
+    content = mean_gap(controlled, video(str(black)))
+    print(
+        f"{mode}: control effect {effect:.2f}, black clip vs square clip {content:.2f}, noise {noise:.2f} (levels)"
     )
-    content = mean_gap(controlled, other)
-    print(f"control effect {effect:.2f}, black clip vs square clip {content:.2f}, noise {noise:.2f} (levels)")
     assert effect >= 3.0 and effect > 10 * noise + 1.0, (
         f"ControlNet barely changes the frames: {effect:.2f} levels mean (noise {noise:.2f})"
     )
@@ -369,13 +389,13 @@ def assert_window_hints(call: dict, frame_of: dict[str, int], n: int, marked: bo
     return cond
 
 
-def test_hires_fix_with_the_video(cn_server, media):
+@pytest.mark.parametrize("mode", WINDOW_MODES)
+def test_hires_fix_with_the_video(cn_server, media, mode):
     """Hires fix on an 8-frame clip with context 6, so both passes run in windows: a 128×128
-    video of 8 frames, and every hires call gets the hires hints of its window's frames."""
+    video of 8 frames, and every hires call gets the hires hints of its window's frames (in
+    motion_module mode every call holds all 8 frames, in order)."""
     reset_record(cn_server)
-    job = v2v_job(
-        cn_server, video_source=str(media["clip8"]), video_length=0, batch_size=6, window_mode="unet"
-    )
+    job = v2v_job(cn_server, video_source=str(media["clip8"]), video_length=0, batch_size=6, window_mode=mode)
     job.update(
         enable_hr=True, hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5
     )
@@ -394,8 +414,14 @@ def test_hires_fix_with_the_video(cn_server, media):
         assert call["x_shape"][2] * 8 == size, (
             f"call {n}: {call['hint_shape']} hint for latents {call['x_shape']}"
         )
-        assert call["x_shape"][0] % 12 == 0, f"call {n}: {call['x_shape'][0]} rows, not 2 × 6-frame windows"
-        passes[size].append(assert_window_hints(call, low if size == 64 else high, n, marked=size == 64))
+        frames = assert_window_hints(call, low if size == 64 else high, n, marked=size == 64)
+        if mode == "motion_module":
+            assert frames == list(range(8)), f"call {n}: frames {frames}"
+        else:
+            assert call["x_shape"][0] % 12 == 0, (
+                f"call {n}: {call['x_shape'][0]} rows, not 2 × 6-frame windows"
+            )
+        passes[size].append(frames)
     assert passes[64] and passes[128], f"calls per pass: { {k: len(v) for k, v in passes.items()} }"
     for size, windows in passes.items():
         assert set(itertools.chain(*windows)) == set(range(8)), f"{size}px pass: frames {windows}"

@@ -17,9 +17,14 @@ records what its control model sees on every UNet call.
    fixed config, weights loaded with ``strict=False`` from models/clip_vision/clip_h.pth) is
    built from ``TINY_CLIP_H`` instead, with seeded random weights (the tier writes an empty
    clip_h.pth so nothing is downloaded). ``PlugableIPAdapter.hook`` records the rows of the
-   image embedding it made for the job (``ip_hooks``), and every new embedding object its
-   attention layers evaluate (one per UNet call when AnimateDiff hands each window its rows)
-   records its rows and the call's row count (``ip_evals``, with how many layers used it).
+   image embedding it made for the job (``ip_hooks``). Every evaluation of an embedding by an
+   attention layer records (``ip_evals``) the UNet call it belongs to (the UNet's forward is
+   counted from ControlNet's hook on), the embedding's rows, the cond mark of each row and the
+   mark's row count; consecutive identical evaluations in one call are one entry with the
+   number of layers. Errors are recorded when an attention layer gets an embedding with
+   another row count than its own input (ControlNet would silently reshape it into more
+   tokens per row), and when the key or value projection ControlNet hands the layer (it keeps
+   them per layer for the whole job) is not the projection of the embedding evaluated now.
    ``IPAdapterModel.get_image_emb`` records the rows of every embedding it makes from an
    encoded image (``ip_encodings``).
 
@@ -74,6 +79,7 @@ def _shape(value):
 
 
 _current_hook: list = [None]
+_unet_calls = [0]  # UNet forwards since ControlNet's hook, counted by the probe's wrapper
 
 
 def _patch() -> None:
@@ -149,7 +155,9 @@ def _patch() -> None:
         except Exception as error:
             with _lock:
                 _record["errors"].append(f"hook: {type(error).__name__}: {error}")
-        return original_hook(self, model, sd_ldm, control_params, process, *args, **kwargs)
+        out = original_hook(self, model, sd_ldm, control_params, process, *args, **kwargs)
+        _count_unet_calls(model)
+        return out
 
     model_cls.__init__ = init
     model_cls.forward = forward
@@ -157,6 +165,22 @@ def _patch() -> None:
     model_cls._realhost_probe = True
     _patched.append("patched")
     print("realhost-cn-probe: ControlNet patched", flush=True)
+
+
+def _count_unet_calls(model) -> None:
+    """Wrap the forward ControlNet just put on the UNet (its restore puts back the original,
+    dropping the wrapper with it) so that IP-Adapter evaluations know their UNet call."""
+    forward = model.forward
+    if getattr(forward, "_realhost_probe", False):
+        return
+
+    def counted(*args, **kwargs):
+        with _lock:
+            _unet_calls[0] += 1
+        return forward(*args, **kwargs)
+
+    counted._realhost_probe = True
+    model.forward = counted
 
 
 def _controlnet_script_module():
@@ -234,27 +258,56 @@ def _patch_ip_adapter() -> None:
     embed_cls = model.ImageEmbed
     original_eval = embed_cls.eval
     original_hook = plugable.PlugableIPAdapter.hook
-    last: list = [None]
 
     def eval_(self, cond_mark):
         try:
-            if self is not last[0]:
-                last[0] = self  # held, so a later embedding is never mistaken for this one
-                with _lock:
-                    _record["ip_evals"].append(
-                        {
-                            "cond_rows": _rows(self.cond_emb),
-                            "uncond_rows": _rows(self.uncond_emb),
-                            "call_rows": int(cond_mark.shape[0]),
-                            "layers": 0,
-                        }
-                    )
+            entry = {
+                "call": _unet_calls[0],
+                "cond_rows": _rows(self.cond_emb),
+                "uncond_rows": _rows(self.uncond_emb),
+                "marks": [round(float(m)) for m in cond_mark[:, 0, 0, 0].tolist()],
+                "call_rows": int(cond_mark.shape[0]),
+            }
             with _lock:
-                _record["ip_evals"][-1]["layers"] += 1
+                evals = _record["ip_evals"]
+                if evals and {k: v for k, v in evals[-1].items() if k != "layers"} == entry:
+                    evals[-1]["layers"] += 1
+                else:
+                    evals.append({**entry, "layers": 1})
         except Exception as error:
             with _lock:
                 _record["errors"].append(f"ip eval: {type(error).__name__}: {error}")
         return original_eval(self, cond_mark)
+
+    original_attn_eval = plugable.PlugableIPAdapter._attn_eval_ipadapter
+
+    def attn_eval(self, hidden_states, query, cond_uncond_image_emb, *args, **kwargs):
+        rows, emb_rows = int(hidden_states.shape[0]), int(cond_uncond_image_emb.shape[0])
+        if rows != emb_rows:
+            with _lock:
+                _record["errors"].append(
+                    f"ip attention: {rows} rows in the layer, {emb_rows} embedding rows (call {_unet_calls[0]})"
+                )
+        return original_attn_eval(self, hidden_states, query, cond_uncond_image_emb, *args, **kwargs)
+
+    original_call_ip = plugable.PlugableIPAdapter.call_ip
+
+    def call_ip(self, key, feat, device):
+        out = original_call_ip(self, key, feat, device)
+        try:
+            import torch
+
+            fresh = self.ipadapter.ip_layers.to_kvs[key](feat).to(device)
+            if out.shape != fresh.shape or not torch.equal(out, fresh):
+                with _lock:
+                    _record["errors"].append(
+                        f"ip projection {key}: {list(out.shape)} kept from an earlier evaluation, "
+                        f"not the projection of this one {list(fresh.shape)} (call {_unet_calls[0]})"
+                    )
+        except Exception as error:
+            with _lock:
+                _record["errors"].append(f"ip projection: {type(error).__name__}: {error}")
+        return out
 
     def hook(self, *args, **kwargs):
         out = original_hook(self, *args, **kwargs)
@@ -284,6 +337,8 @@ def _patch_ip_adapter() -> None:
     embed_cls.eval = eval_
     embed_cls._realhost_probe = True
     plugable.PlugableIPAdapter.hook = hook
+    plugable.PlugableIPAdapter._attn_eval_ipadapter = attn_eval
+    plugable.PlugableIPAdapter.call_ip = call_ip
     model.IPAdapterModel.get_image_emb = get_image_emb
     print("realhost-cn-probe: IP-Adapter patched", flush=True)
 
