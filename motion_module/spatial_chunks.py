@@ -10,11 +10,13 @@ passed between layers grow with the frames.
 Each layer inside the UNet's blocks gets a forward on the instance that splits its input rows,
 and every argument with as many rows (the timestep embedding, the text conditioning), into
 chunks when ``layout.spatial_rows`` is set, and is a plain call otherwise; the undo puts each
-layer's own forward back. Per-row inputs a layer reads from elsewhere (an IP-Adapter's image
-embedding, kept on the adapter and evaluated in the cross-attention) cannot be split here: each
-chunk runs inside ``layout.chunk_inputs(start, stop, rows)``, which gives them the chunk's rows.
-Not for a UNet whose GroupNorms normalise across frames (v1, HotShot): those layers are not per
-frame. Imports no WebUI module.
+layer's own forward back. Each chunk's output is copied into the layer's one output tensor as
+soon as it is computed, so a layer's output is held once (gathering the chunks and concatenating
+them would hold it twice at the end of every layer). Per-row inputs a layer reads from elsewhere
+(an IP-Adapter's image embedding, kept on the adapter and evaluated in the cross-attention)
+cannot be split here: each chunk runs inside ``layout.chunk_inputs(start, stop, rows)``, which
+gives them the chunk's rows. Not for a UNet whose GroupNorms normalise across frames (v1,
+HotShot): those layers are not per frame. Imports no WebUI module.
 """
 
 from __future__ import annotations
@@ -44,18 +46,20 @@ def _chunked(forward: Callable[..., torch.Tensor], layout: FrameLayout) -> Calla
         step, rows, around = layout.spatial_rows, x.shape[0], layout.chunk_inputs
         if step <= 0 or rows <= step:
             return forward(x, *args, **kwargs)
-        outputs = []
+        out: torch.Tensor | None = None
         for start in range(0, rows, step):
             stop = min(start + step, rows)
             with around(start, stop, rows) if around is not None else contextlib.nullcontext():
-                outputs.append(
-                    forward(
-                        x[start:stop],
-                        *(_take(a, start, stop, rows) for a in args),
-                        **{k: _take(v, start, stop, rows) for k, v in kwargs.items()},
-                    )
+                part = forward(
+                    x[start:stop],
+                    *(_take(a, start, stop, rows) for a in args),
+                    **{k: _take(v, start, stop, rows) for k, v in kwargs.items()},
                 )
-        return torch.cat(outputs)
+            if out is None:
+                out = part.new_empty((rows, *part.shape[1:]))
+            out[start:stop] = part
+            del part  # freed before the next chunk runs
+        return out
 
     return run
 
