@@ -51,6 +51,7 @@ REALHOST = ROOT / "tests" / "realhost"
 BENCH = Path(__file__).resolve().parent
 CONTEXT, OVERLAP, SIZE, PLAIN_BATCH = 16, 8, 64, 16
 MODES = ("unet", "motion_module")
+JOB_TIMEOUT = 7200  # seconds: at full size a 128-frame "unet" job takes ~10 min on a busy core
 ALLOCATORS = {
     "release": "glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072",
     "tier": None,
@@ -123,7 +124,7 @@ def run_job(server, job: dict) -> dict:
     hwm_reset = reset_hwm(pid)
     with RSSSampler(pid) as rss:
         start = time.perf_counter()
-        body = server.generate("/sdapi/v1/txt2img", job["payload"])
+        body = server.generate("/sdapi/v1/txt2img", job["payload"], timeout=JOB_TIMEOUT)
         seconds = time.perf_counter() - start
     if job["frames"] is None:
         assert len(body["images"]) >= PLAIN_BATCH, len(body["images"])
@@ -228,7 +229,10 @@ def main() -> int:
             for job in jobs:
                 job["runs"].append(run_job(server, job))
             print(
-                f"  round {n + 1}: " + " ".join(f"{j['runs'][-1]['seconds']:.2f}" for j in jobs), flush=True
+                f"  round {n + 1}: "
+                + " ".join(f"{j['runs'][-1]['seconds']:.2f}" for j in jobs)
+                + f" (load {os.getloadavg()[0]:.2f})",
+                flush=True,
             )
     finally:
         realhost_server.server_env = tier_env

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_realhost_speed import BENCH, REALHOST, ROOT, payload
+from bench_realhost_speed import BENCH, JOB_TIMEOUT, REALHOST, ROOT, payload
 
 TOP = 15
 OURS = ("motion_module/", "animatediff_webui/", "sd-webui-animatediff-next")
@@ -39,7 +39,7 @@ OURS = ("motion_module/", "animatediff_webui/", "sd-webui-animatediff-next")
 def profile_ops(server, folder: Path, label: str, body: dict) -> dict:
     """One job under torch.profiler (through the profile extension); its operator table."""
     (folder / "next").write_text(label)
-    server.generate("/sdapi/v1/txt2img", body)
+    server.generate("/sdapi/v1/txt2img", body, timeout=JOB_TIMEOUT)
     return json.loads((folder / f"{label}.json").read_text())
 
 
@@ -53,7 +53,7 @@ def sample_python(server, py_spy: str, out: Path, body: dict) -> float:
     )
     time.sleep(2.0)  # attached before the job starts
     started = time.perf_counter()
-    server.generate("/sdapi/v1/txt2img", body)
+    server.generate("/sdapi/v1/txt2img", body, timeout=JOB_TIMEOUT)
     seconds = time.perf_counter() - started
     spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
     spy.wait(timeout=60)
@@ -169,7 +169,7 @@ def main() -> int:
         print(f"server up (pid {server.proc.pid}); {ckpt.name}; load {os.getloadavg()[0]:.2f}", flush=True)
         ops = {}
         for label, body in jobs.items():
-            server.generate("/sdapi/v1/txt2img", body)  # warm-up
+            server.generate("/sdapi/v1/txt2img", body, timeout=JOB_TIMEOUT)  # warm-up
             ops[label] = profile_ops(server, folder, label, body)
             if args.py_spy:
                 seconds = sample_python(server, py_spy, folder / f"{label}.pyspy.txt", body)

@@ -203,9 +203,9 @@ class WebUIServer:
 
         return requests.get(self.url + path, timeout=timeout)
 
-    def generate(self, path: str, payload: dict) -> dict:
+    def generate(self, path: str, payload: dict, timeout: float = REQUEST_TIMEOUT) -> dict:
         """POST and return the JSON body; a failure message carries the server's log tail."""
-        response = self.post(path, payload)
+        response = self.post(path, payload, timeout)
         assert response.status_code == 200, (
             f"{path} answered {response.status_code}: {response.text[:2000]}\n--- server log ---\n{self.log_tail()}"
         )
