@@ -105,6 +105,16 @@ class RSSSampler:
 # --- jobs -----------------------------------------------------------------------------------------
 
 
+def end_session(server, root: Path, keep: bool) -> None:
+    """Stop a benchmark's WebUI server (if it started) and remove its temp folder, unless ``keep``."""
+    if server is not None:
+        server.stop()
+    if keep:
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def job(cn_model: str, frames: int, steps: int, video: Path | None) -> dict:
     """txt2img with AnimateDiff; ``video`` None: the unit is disabled and no video is given."""
     from realhost_server import MM_NAME, txt2img_job
@@ -209,12 +219,7 @@ def run_session(harness, source: Path, allocator: str, args) -> list[dict]:
                 print(f"  {kind}{n + 1}: {result['seconds']:.2f} s", flush=True)
     finally:
         realhost_server.server_env = tier_env
-        if server is not None:
-            server.stop()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        end_session(server, root, args.keep)
     return rows
 
 

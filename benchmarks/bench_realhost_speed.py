@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -157,6 +156,9 @@ def main() -> int:
         default=[16, 64, 128],
         help="video lengths (the first is the short one)",
     )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="window modes to run (default: both)"
+    )
     parser.add_argument("--allocator", choices=list(ALLOCATORS), default="release")
     parser.add_argument(
         "--full-size", action="store_true", help="full-size random SD1.5 and v3 module (cached, ~3 GB)"
@@ -181,6 +183,7 @@ def main() -> int:
     sys.path[:0] = [str(ROOT), str(REALHOST), str(BENCH)]
     import conftest as harness  # tests/realhost: the tier's server harness
     import realhost_server
+    from bench_controlnet import end_session
 
     reason = harness.skip_reason()
     if reason:
@@ -189,7 +192,7 @@ def main() -> int:
 
     jobs = [{"name": f"plain txt2img batch {PLAIN_BATCH}", "frames": None, "mode": None}]
     for frames in args.frames:
-        for mode in MODES:
+        for mode in args.modes:
             label = f"AnimateDiff {frames} frames" + (
                 f", context {CONTEXT} overlap {OVERLAP}" if frames > CONTEXT else ""
             )
@@ -236,12 +239,7 @@ def main() -> int:
             )
     finally:
         realhost_server.server_env = tier_env
-        if server is not None:
-            server.stop()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        end_session(server, root, args.keep)
     load_after = os.getloadavg()
 
     for job in jobs:
@@ -278,7 +276,7 @@ def main() -> int:
     )
     print("|---|---:|---:|---:|---:|---:|")
     allowed = (longest - short) * frame_bytes(flops) / 2**20
-    for mode in MODES:
+    for mode in args.modes:
         mine = {j["frames"]: j for j in jobs if j["mode"] == mode}
         xs = [float(f) for f in args.frames]
         _, slope, r2 = r_squared(xs, [mine[f]["time"] for f in args.frames])

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -128,7 +127,7 @@ class Timeline:
 def full_size_start(args: argparse.Namespace) -> int:
     sys.path[:0] = [str(ROOT), str(REALHOST), str(BENCH), str(ROOT / "tests")]
     import conftest as harness  # tests/realhost: the tier's server harness
-    from bench_controlnet import status_kib
+    from bench_controlnet import end_session, status_kib
 
     reason = harness.skip_reason()
     if reason:
@@ -169,12 +168,7 @@ def full_size_start(args: argparse.Namespace) -> int:
         )
         return run_job(args, server)
     finally:
-        if server is not None:
-            server.stop()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        end_session(server, root, args.keep)
 
 
 def run_job(args: argparse.Namespace, server) -> int:
