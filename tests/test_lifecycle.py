@@ -22,7 +22,6 @@ from factories import (
     make_motion_lora,
     make_sd15_unet,
     sd15_model_fields,
-    torch_threads,
     unet_inputs,
 )
 from safetensors.torch import save_file
@@ -34,6 +33,8 @@ from motion_module.spec import SPECS, Family, alphas_cumprod
 from scripts.animatediff_webui import job as jobs
 from scripts.animatediff_webui import lifecycle
 from scripts.animatediff_webui.patch_session import PatchSession
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 FRAMES = 4
 
@@ -104,13 +105,6 @@ def mm_dir(tmp_path_factory):
         save_file(make_mm_state_dict(Family.SDXL_BETA), str(folder / "mm_sdxl_v10_beta.safetensors"))
         (folder / "broken.safetensors").write_bytes(b"not a safetensors file")
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny UNet calls are dominated by thread overhead on a shared 2-core machine."""
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
