@@ -272,12 +272,8 @@ def api_server(realhost_root, checkpoint, motion_module_dir, motion_lora_dir):
     server = start_server(
         realhost_root, "data-api", checkpoint, motion_module_dir, api_only=True, lora_dir=motion_lora_dir
     )
-    try:
-        body = server.generate("/sdapi/v1/txt2img", PLAIN)
-        server.fresh_plain = [decode_image(b) for b in body["images"]]
+    with serving(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -368,12 +364,8 @@ def sdxl_server(realhost_root, sdxl_checkpoint, sdxl_motion_dir, sdxl_lora_dir):
         lora_dir=sdxl_lora_dir,
         prepare=prepare,
     )
-    try:
-        body = server.generate("/sdapi/v1/txt2img", PLAIN)
-        server.fresh_plain = [decode_image(b) for b in body["images"]]
+    with serving(server):
         yield server
-    finally:
-        server.stop()
 
 
 # --- sd-webui-controlnet ---------------------------------------------------------------------------
@@ -429,10 +421,9 @@ def link_controlnet(data: Path, source: Path) -> Path:
 
 @contextlib.contextmanager
 def serving(server):
-    """The started ``server`` with ``server.media`` and ``server.fresh_plain`` (the PLAIN job's
-    images right away); stopped when the block ends."""
+    """The started ``server`` with ``server.fresh_plain`` (the PLAIN job's images right away, what
+    a plain job after any AnimateDiff job must reproduce); stopped when the block ends."""
     try:
-        server.media = server.data_dir / "media"
         body = server.generate("/sdapi/v1/txt2img", PLAIN)
         server.fresh_plain = [decode_image(b) for b in body["images"]]
         yield server
@@ -472,6 +463,7 @@ def cn_server(request, realhost_root):
         api_only=True,
         prepare=lambda data: prepare_controlnet(data, checkpoint, source),
     )
+    server.media = server.data_dir / "media"
     with serving(server):
         server.cn_model = controlnet_model_name(server)
         server.ip_adapter_model = controlnet_model_name(server, IP_ADAPTER_STEM)
@@ -543,6 +535,7 @@ def sparsectrl_server(realhost_root):
     server = start_server(
         realhost_root, "data-sparsectrl", checkpoint, motion_module_dir, True, prepare=prepare
     )
+    server.media = server.data_dir / "media"
     with serving(server):
         server.sparsectrl_model = controlnet_model_name(server, SPARSECTRL_STEM)
         yield server

@@ -18,7 +18,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-from conftest import REPO, start_server
+from conftest import REPO, serving, start_server
 from PIL import Image
 from realhost_server import PLAIN, decode_image, encode_image
 
@@ -62,13 +62,9 @@ def svd_server(realhost_root, checkpoint, motion_module_dir):
     server = start_server(
         realhost_root, "data-svd", checkpoint, motion_module_dir, api_only=True, prepare=prepare
     )
-    try:
-        body = server.generate("/sdapi/v1/txt2img", PLAIN)
-        server.fresh_plain = [decode_image(b) for b in body["images"]]
-        server.has_models = has_models
+    server.has_models = has_models
+    with serving(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
