@@ -9,7 +9,6 @@ change; a failure part-way undoes what was done. Owns: ``inject``, ``Injection``
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .frames import FrameLayout
+from .frames import FrameLayout, TemporalWindows
 from .groupnorm import across_frames_forward, unet_group_norms
 from .layers import VanillaTemporalModule
 from .model import MotionModule
@@ -49,10 +48,14 @@ class MotionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         strength = self.layout.strength
-        if strength.is_identity:
-            return self.layout.run(self.motion, x)
-        scale = strength.scale_at(x.shape[-2], x.shape[-1], x.device, x.dtype)
-        return self.layout.run(functools.partial(self.motion, scale=scale), x)
+        scale = (
+            None if strength.is_identity else strength.scale_at(x.shape[-2], x.shape[-1], x.device, x.dtype)
+        )
+
+        def motion(rows: torch.Tensor, frames: int, windows: TemporalWindows | None = None) -> torch.Tensor:
+            return self.motion(rows, frames, scale, windows)
+
+        return self.layout.run(motion, x, motion if self.motion.windows_in_tokens else None)
 
     def extra_repr(self) -> str:
         return self.prefix

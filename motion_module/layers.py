@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frames import TemporalWindows
+from .window_fusion import frame_weights, fusion_weights, pack_windows
+
 HEADS = 8
 # CUDA launches SDPA with one grid row per (sequence, head); more than 65535 rows fail with
 # "invalid configuration argument". SD1.5 at 512² with cond+uncond already has 2·64·64 pixel
@@ -80,14 +83,17 @@ class PositionalEncoding(nn.Module):
         """Recompute the table on the CPU (used after building on the meta device)."""
         self.pe = sinusoidal_table(self.pe.shape[1], self.pe.shape[2])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        frames = x.shape[1]
+    def table(self, frames: int, dtype: torch.dtype) -> torch.Tensor:
+        """(1, frames, c): the encodings of the first ``frames`` positions of a window."""
         if frames > self.pe.shape[1]:
             raise ValueError(
                 f"{frames} frames in one window exceed this motion module's {self.pe.shape[1]} position "
                 "slots; lower the context length (or pick a module with more slots, e.g. v2/v3 = 32)"
             )
-        return x + self.pe[:, :frames].to(x.dtype)  # (n, f, c)
+        return self.pe[:, :frames].to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table(x.shape[1], x.dtype)  # (n, f, c)
 
 
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_rows: int) -> torch.Tensor:
@@ -117,13 +123,30 @@ class TemporalSelfAttention(nn.Module):
         self.pos_encoder = PositionalEncoding(channels, pe_length, pe_persistent, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, f, c = x.shape  # x is already layer-normed
-        x = self.pos_encoder(x)
+        x = self.pos_encoder(x)  # x is already layer-normed
+        return self.attend(self.to_q(x), self.to_k(x), self.to_v(x))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of (n, f, c) layer-normed tokens before their positions are added.
+
+        q/k/v have no bias, so to_q(x + pe) = to_q(x) + to_q(pe): the token part does not depend
+        on where a frame sits in its window and can be computed once per frame.
+        """
+        return self.to_q(x), self.to_k(x), self.to_v(x)
+
+    def position_terms(self, frames: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """What the positions 0..frames-1 of a window add to q, k and v: three (1, frames, c)."""
+        pe = self.pos_encoder.table(frames, dtype)
+        return self.to_q(pe), self.to_k(pe), self.to_v(pe)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over the frame axis of (n, f, c) q, k, v (contiguous), then ``to_out``."""
+        n, f, c = q.shape
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(n, f, self.heads, c // self.heads).transpose(1, 2)  # (n, f, c) -> (n, heads, f, d)
 
-        o = chunked_attention(split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)), self.max_rows)
+        o = chunked_attention(split(q), split(k), split(v), self.max_rows)
         o = o.transpose(1, 2).reshape(n, f, c)  # (n, heads, f, d) -> (n, f, c)
         return self.to_out[1](self.to_out[0](o))
 
@@ -166,7 +189,11 @@ class TemporalTransformerBlock(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: (n, f, c), one sequence of frames per pixel; every step but attention is per token."""
-        for norm, attention in zip(self.norms, self.attention_blocks, strict=True):
+        return self.finish(h, 0)
+
+    def finish(self, h: torch.Tensor, first: int) -> torch.Tensor:
+        """The block from its attention number ``first`` on (the windowed pass did the ones before)."""
+        for norm, attention in zip(self.norms[first:], self.attention_blocks[first:], strict=True):
             h = h + attention(norm(h))
         return h + self.ff(self.ff_norm(h))
 
@@ -206,27 +233,98 @@ class TemporalTransformer3DModel(nn.Module):
         v = F.group_norm(v, self.norm.num_groups, w, b, self.norm.eps)
         return v.transpose(1, 2).reshape(bf, c, height, width).to(x.dtype)  # (b, c, f, hw) -> (b·f, c, h, w)
 
+    @property
+    def windows_in_tokens(self) -> bool:
+        """Whether ``forward`` can take context windows itself: only with a per-frame GroupNorm
+        (statistics across frames would depend on which frames share a window)."""
+        return not self.norm_across_frames
+
     def forward(
-        self, x: torch.Tensor, frames: int, scale: float | torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        frames: int,
+        scale: float | torch.Tensor | None = None,
+        windows: TemporalWindows | None = None,
     ) -> torch.Tensor:
         """x + residual, or x + scale·residual: ``scale`` a number or an (h, w) map (motion strength).
 
-        ``scale`` None adds the residual as trained, with no extra operation.
+        ``scale`` None adds the residual as trained, with no extra operation. ``windows`` limits
+        the temporal attention to context windows (``over_windows``); None attends over all frames.
         """
         bf, c, height, width = x.shape
         b = bf // frames
         h = self.group_norm(x, frames).view(b, frames, c, height * width)
         h = h.permute(0, 3, 1, 2).reshape(b * height * width, frames, c)  # (b·f, c, h, w) -> (b·hw, f, c)
-        h = self.proj_in(h)
-        for block in self.transformer_blocks:
-            h = block(h)
-        h = self.proj_out(h)
+        if windows is not None:
+            h = self.over_windows(h, windows)
+        else:
+            h = self.proj_in(h)
+            for block in self.transformer_blocks:
+                h = block(h)
+            h = self.proj_out(h)
         h = h.view(b, height * width, frames, c).permute(0, 2, 3, 1)  # (b·hw, f, c) -> (b, f, c, hw)
         if isinstance(scale, torch.Tensor):
             h = h * scale.reshape(height * width)  # (h, w) map -> (hw,), broadcast over (b, f, c, hw)
         elif scale is not None:
             h = h * scale
         return (x.view(b, frames, c, height * width) + h).view(bf, c, height, width)  # add reads h strided
+
+    def over_windows(self, tokens: torch.Tensor, windows: TemporalWindows) -> torch.Tensor:
+        """proj_in, the blocks and proj_out over (n, frames, c) normed tokens, attention per window.
+
+        Equals running the whole site on each window's frames and fusing the windows' outputs
+        by weight, to float rounding: proj_in, the first attention's q/k/v (positions added
+        afterwards, see ``TemporalSelfAttention.project``) and proj_out are per token and
+        linear, so they run once per frame instead of once per window holding it (the fused
+        mean is taken before proj_out, which commutes with it). Pixel sequences go in chunks:
+        a chunk's per-frame tensors (the residual stream, q, k, v, the fused sum) hold half the
+        tokens of a call of ``frame_budget`` frames of every sequence, and each packed call of
+        windows at most a whole such call. The result is written over ``tokens`` (a chunk's
+        input is read before its output is written), so the pass holds no second copy of them.
+        """
+        if not self.windows_in_tokens:
+            raise ValueError(
+                "a GroupNorm across frames cannot cut windows from its tokens; run the site per window"
+            )
+        n, frames, c = tokens.shape
+        first, *rest = self.transformer_blocks
+        attention, norm = first.attention_blocks[0], first.norms[0]
+        longest = max(len(w) for w in windows.windows)
+        budget = max(windows.frame_budget, longest)  # frames of every sequence one call may hold
+        per_chunk = max(1, n * budget // (2 * frames))
+        total = frame_weights(windows.windows, frames, windows.fusion).to(tokens.device)
+        acc_dtype = torch.promote_types(tokens.dtype, torch.float32)
+        positions: dict[int, tuple[torch.Tensor, ...]] = {}
+        for start in range(0, n, per_chunk):
+            h = self.proj_in(tokens[start : start + per_chunk])
+            m = h.shape[0]
+            q, k, v = attention.project(norm(h))
+            fused = torch.zeros(m, frames, c, dtype=acc_dtype, device=h.device)
+            for pack in pack_windows(windows.windows, n * budget // m):
+                if windows.between is not None:
+                    windows.between()
+                length, count = len(pack[0]), len(pack)
+                index = torch.tensor(pack, device=h.device).view(-1)  # (count·length,) frames
+                if length not in positions:
+                    positions[length] = attention.position_terms(length, h.dtype)
+                pq, pk, pv = positions[length]
+                q_w, k_w, v_w = (_windows_of(t, index, count) for t in (q, k, v))
+                y = _windows_of(h, index, count) + attention.attend(q_w + pq, k_w + pk, v_w + pv)
+                y = first.finish(y, 1)
+                for block in rest:
+                    y = block(y)
+                weight = torch.tensor(fusion_weights(length, windows.fusion), dtype=acc_dtype)
+                weight = weight.repeat(count).to(h.device).view(1, -1, 1)
+                fused.index_add_(1, index, y.view(m, count * length, c).to(acc_dtype) * weight)
+            fused /= total.view(1, frames, 1)
+            tokens[start : start + m] = self.proj_out(fused.to(tokens.dtype))
+        return tokens
+
+
+def _windows_of(t: torch.Tensor, index: torch.Tensor, count: int) -> torch.Tensor:
+    """The frames ``index`` of (m, F, c) tokens as ``count`` windows: (m·count, length, c)."""
+    m, _, c = t.shape
+    return t.index_select(1, index).view(m * count, -1, c)
 
 
 class VanillaTemporalModule(nn.Module):
@@ -246,9 +344,17 @@ class VanillaTemporalModule(nn.Module):
             channels, pe_length, pe_persistent, norm_across_frames, device
         )
 
+    @property
+    def windows_in_tokens(self) -> bool:
+        return self.temporal_transformer.windows_in_tokens
+
     def forward(
-        self, x: torch.Tensor, frames: int, scale: float | torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        frames: int,
+        scale: float | torch.Tensor | None = None,
+        windows: TemporalWindows | None = None,
     ) -> torch.Tensor:
         if x.shape[0] % frames:
             raise ValueError(f"{x.shape[0]} rows are not a whole number of {frames}-frame videos")
-        return self.temporal_transformer(x, frames, scale)
+        return self.temporal_transformer(x, frames, scale, windows)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .frames import FrameLayout
+from .frames import FrameLayout, TemporalWindows
 from .layers import VanillaTemporalModule
 from .spec import SPECS, Family
 
@@ -35,17 +35,27 @@ class LayoutSite(VanillaTemporalModule):
         self._layout = layout
 
     def forward(
-        self, x: torch.Tensor, frames: int | None = None, scale: float | torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        frames: int | None = None,
+        scale: float | torch.Tensor | None = None,
+        windows: TemporalWindows | None = None,
     ) -> torch.Tensor:
         if frames is not None:
-            return super().forward(x, frames, scale)
+            return super().forward(x, frames, scale, windows)
         layout = self._layout()
         if layout is None:
             raise RuntimeError(
                 "SparseCtrl's motion modules ran outside an AnimateDiff job: enable AnimateDiff to use a "
                 "SparseCtrl model"
             )
-        return layout.run(lambda rows, count: super(LayoutSite, self).forward(rows, count), x)
+        site = super()
+        windowed = (
+            (lambda rows, count, windows: site.forward(rows, count, None, windows))
+            if self.windows_in_tokens
+            else None
+        )
+        return layout.run(lambda rows, count: site.forward(rows, count), x, windowed)
 
 
 class _Level(nn.Module):

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .frames import FrameLayout, TemporalFn, TemporalRunner
+from .frames import FrameLayout, TemporalWindows
 from .params import WindowMode, WindowParams
-from .window_fusion import FusionBuffer, fusion_weights, window_rows
+from .window_fusion import fusion_weights, run_windows, video_blocks
 from .window_schedule import Window, ordered_halving, schedule
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "WindowedDenoiser",
     "Window",
     "fusion_weights",
-    "make_temporal_runner",
     "ordered_halving",
     "schedule",
     "slice_rows",
@@ -175,74 +174,6 @@ def _take(name: str, full: Any, index: torch.Tensor, rows: int, frames: int) -> 
     )
 
 
-def _blocks(rows: int, frames: int) -> int:
-    if frames < 1 or rows % frames:
-        raise ValueError(
-            f"the denoiser got {rows} rows, which is not a whole number of {frames}-frame videos; "
-            "AnimateDiff needs the batch size to equal the number of frames and cond/uncond rows "
-            "in whole video blocks (prompts with AND are not supported)"
-        )
-    return rows // frames
-
-
-def _chunks(windows: list[Window], budget: int) -> Iterator[list[Window]]:
-    """Windows grouped by length, then packed so each call holds at most ``budget`` frames."""
-    for length in dict.fromkeys(len(w) for w in windows):
-        group = [w for w in windows if len(w) == length]
-        per_call = max(1, budget // length) if budget > 0 else 1
-        for start in range(0, len(group), per_call):
-            yield group[start : start + per_call]
-
-
-def _run_windows(
-    x: torch.Tensor,
-    frames: int,
-    windows: list[Window],
-    params: WindowParams,
-    call: Callable[[torch.Tensor, int], torch.Tensor],
-    between: Callable[[], None] | None,
-    progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """Run ``call(row_index, window_len)`` over packed windows and fuse its outputs per frame;
-    ``progress(k, n)`` hears before the k-th of n UNet calls."""
-    blocks = _blocks(x.shape[0], frames)
-    buffer = FusionBuffer(x, frames)
-    chunks = list(_chunks(windows, params.frame_budget))
-    for number, chunk in enumerate(chunks, 1):
-        if between is not None:
-            between()
-        if progress is not None:
-            progress(number, len(chunks))
-        length = len(chunk[0])
-        # (blocks, windows, length) row indices: each video block keeps its windows together
-        index = torch.stack([window_rows(w, frames, blocks, x.device).view(blocks, length) for w in chunk], 1)
-        out = call(index.reshape(-1), length)
-        out = out.view(blocks, len(chunk), length, *out.shape[1:])  # (b·n·l, ...) -> (b, n, l, ...)
-        weights = fusion_weights(length, params.fusion)
-        for k, window in enumerate(chunk):
-            buffer.add(window, out[:, k].reshape(blocks * length, *out.shape[3:]), weights)
-    return buffer.result()
-
-
-def make_temporal_runner(
-    windows: list[Window], params: WindowParams, between: Callable[[], None] | None = None
-) -> TemporalRunner:
-    """A FrameLayout runner that applies the motion module's temporal pass window by window.
-
-    Spatial layers are per frame, so they can see every frame at once; only the temporal
-    attention needs to be limited to ``context`` frames. Windows come from the same schedule as
-    full-UNet windows and are fused with the same weights.
-    """
-
-    def runner(fn: TemporalFn, x: torch.Tensor, frames: int) -> torch.Tensor:
-        def call(index: torch.Tensor, length: int) -> torch.Tensor:
-            return fn(x.index_select(0, index), length)  # (b·f, c, h, w) -> (b·n·l, c, h, w)
-
-        return _run_windows(x, frames, windows, params, call, between)
-
-    return runner
-
-
 class WindowedDenoiser:
     """Callable with the inner model's signature that runs it over context windows.
 
@@ -273,13 +204,15 @@ class WindowedDenoiser:
     def __call__(self, x: torch.Tensor, sigma: Any, **cond: Any) -> torch.Tensor:
         frames = self.frames
         rows = x.shape[0]
-        _blocks(rows, frames)
+        video_blocks(rows, frames)
         windows = schedule(frames, int(self.step()), self.params)
         if len(windows) == 1 and windows[0] == tuple(range(frames)):
             return self._count(self._run_all(x, sigma, cond, None), frames)
         if self.params.mode == WindowMode.MOTION_MODULE:
-            runner = make_temporal_runner(windows, self.params, self.between)
-            return self._count(self._run_all(x, sigma, cond, runner), frames)
+            temporal = TemporalWindows(
+                tuple(windows), self.params.fusion, self.params.frame_budget, self.between
+            )
+            return self._count(self._run_all(x, sigma, cond, temporal), frames)
 
         def call(index: torch.Tensor, length: int) -> torch.Tensor:
             x_in, sigma_in, cond_in = slice_rows((x, sigma, cond), index, rows)
@@ -288,12 +221,15 @@ class WindowedDenoiser:
             self._count(out, index.numel() * frames // rows)
             return out
 
-        return _run_windows(x, frames, windows, self.params, call, self.between, self.progress)
+        params = self.params
+        return run_windows(
+            x, frames, windows, params.frame_budget, params.fusion, call, self.between, self.progress
+        )
 
     def _run_all(
-        self, x: torch.Tensor, sigma: Any, cond: dict, runner: TemporalRunner | None
+        self, x: torch.Tensor, sigma: Any, cond: dict, temporal: TemporalWindows | None
     ) -> torch.Tensor:
-        rows = self.params.frame_budget if runner is not None else 0  # motion-module windows: bounded
+        rows = self.params.frame_budget if temporal is not None else 0  # motion-module windows: bounded
         chunk_inputs = None
         if rows > 0 and self.per_frame.read_in_layers:
 
@@ -301,7 +237,7 @@ class WindowedDenoiser:
                 return self.per_frame.chunk(start, stop, total, self.frames, x.device)
 
         with self.per_frame.sliced(None, x.shape[0], self.frames, x.device):
-            with self.layout.using(self.frames, runner, spatial_rows=rows, chunk_inputs=chunk_inputs):
+            with self.layout.using(self.frames, temporal, spatial_rows=rows, chunk_inputs=chunk_inputs):
                 return self.inner(x, sigma, **cond)
 
     def _count(self, out: torch.Tensor, frame_evals: int) -> torch.Tensor:

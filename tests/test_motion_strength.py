@@ -77,8 +77,10 @@ def half_white(height: int = 64, width: int = 64) -> torch.Tensor:
 # --- today's path and the extremes ---------------------------------------------------------------
 
 
-def legacy_forward(self, x, frames, scale=None):
-    """TemporalTransformer3DModel.forward as it was before motion strength existed (verbatim)."""
+def legacy_forward(self, x, frames, scale=None, windows=None):
+    """TemporalTransformer3DModel.forward as it was before motion strength existed (verbatim; the
+    ``windows`` argument came later and is None without context windows)."""
+    assert windows is None
     bf, c, height, width = x.shape
     b = bf // frames
     h = self.group_norm(x, frames).view(b, frames, c, height * width)

@@ -244,7 +244,7 @@ def test_frames_up_to_context_make_one_plain_call(frames, blocks) -> None:
     seen = []
 
     def inner(x, sigma, **cond):
-        seen.append((x.shape[0], layout.frames, layout.temporal_runner))
+        seen.append((x.shape[0], layout.frames, layout.temporal_windows))
         return torch.sin(x) * sigma.view(-1, 1, 1, 1) + cond["c_crossattn"][0].sum()
 
     x = torch.randn(blocks * frames, 4, 3, 3)
@@ -445,6 +445,44 @@ def test_real_unet_modes_agree_without_temporal_effect(real_unet) -> None:
                 torch.testing.assert_close(out, full, rtol=1e-4, atol=1e-5)
         finally:
             model.load_state_dict(saved, strict=False)
+
+
+def test_real_unet_motion_module_windows_from_tokens_equal_the_sites_run_per_window(
+    real_unet, monkeypatch
+) -> None:
+    """The default mode's motion sites cut their windows from their token sequences; the UNet's
+    output equals every site run on each window's frames and fused (the path a site with an
+    across-frames norm takes) to float32 rounding, with the temporal pass really windowed."""
+    from motion_module.layers import TemporalTransformer3DModel
+
+    unet, model, layout = real_unet
+    frames, sites = 20, len(model.site_modules())
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2 * frames, 4, 8, 8, generator=gen)
+    t = torch.full((2 * frames,), 600, dtype=torch.long)
+    cond = {"c_crossattn": [torch.randn(2 * frames, 3, 64, generator=gen)]}
+    params = WindowParams(context=8, overlap=3, frame_budget=16, mode=WindowMode.MOTION_MODULE)
+
+    def denoise() -> torch.Tensor:
+        with torch.no_grad():
+            return WindowedDenoiser(unet_call(unet), params, layout, frames, step=lambda: 2)(x, t, cond=cond)
+
+    windowed_calls = []
+    original = TemporalTransformer3DModel.over_windows
+
+    def spy(self, tokens, windows):
+        windowed_calls.append(len(windows.windows))
+        return original(self, tokens, windows)
+
+    monkeypatch.setattr(TemporalTransformer3DModel, "over_windows", spy)
+    ours = denoise()
+    assert len(windowed_calls) == sites and set(windowed_calls) == {len(schedule(frames, 2, params))}
+    monkeypatch.setattr(TemporalTransformer3DModel, "windows_in_tokens", property(lambda self: False))
+    per_window = denoise()
+    assert len(windowed_calls) == sites  # the second run took the per-window path
+    torch.testing.assert_close(ours, per_window, rtol=1e-4, atol=1e-5)
+    with torch.no_grad(), layout.using(frames):
+        assert (ours - unet(x, timesteps=t, context=cond["c_crossattn"][0])).abs().max() > 1e-3
 
 
 def test_real_unet_motion_module_mode_runs_spatial_layers_in_bounded_chunks(real_unet) -> None:
