@@ -9,11 +9,12 @@ infotext use, so old payloads keep working. Imports nothing from the WebUI.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from .coercers import Rejected, as_bool, enum_list, enum_of, float_in, int_in, text_up_to
 
 
 class ClosedLoop(str, Enum):
@@ -229,76 +230,10 @@ class Field:
     """One user-facing argument: its API/infotext key, how a raw value becomes a typed one."""
 
     key: str
-    coerce: Callable[[Any], Any]  # raw value -> typed value; raises _Rejected(allowed)
+    coerce: Callable[[Any], Any]  # raw value -> typed value; raises Rejected
     allowed: str  # what is allowed, for error messages and tooltips
     get: Callable[[AnimateDiffParams], Any]  # typed value out of a params object
     img2img_only: bool = False
-
-
-class _Rejected(Exception):
-    pass
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off", ""):
-        return False
-    raise _Rejected
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or value is None:
-        raise _Rejected
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise _Rejected from None
-    else:
-        raise _Rejected
-    if not math.isfinite(number):
-        raise _Rejected
-    return number
-
-
-def _int_in(low: int, high: int) -> Callable[[Any], int]:
-    def coerce(value: Any) -> int:
-        number = _number(value)
-        if not number.is_integer() or not low <= number <= high:
-            raise _Rejected
-        return int(number)
-
-    return coerce
-
-
-def _float_in(low: float, high: float) -> Callable[[Any], float]:
-    def coerce(value: Any) -> float:
-        number = _number(value)
-        if not low <= number <= high:
-            raise _Rejected
-        return number
-
-    return coerce
-
-
-def _enum(kind: type[Enum]) -> Callable[[Any], Any]:
-    by_text = {member.value.lower(): member for member in kind} | {m.name.lower(): m for m in kind}
-
-    def coerce(value: Any) -> Any:
-        if isinstance(value, kind):
-            return value
-        if isinstance(value, str) and value.strip().lower() in by_text:
-            return by_text[value.strip().lower()]
-        raise _Rejected
-
-    return coerce
 
 
 def _interp(value: Any) -> Interp:
@@ -306,39 +241,7 @@ def _interp(value: Any) -> Interp:
         return Interp.FILM if value else Interp.OFF
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return Interp.FILM if value.strip().lower() == "true" else Interp.OFF
-    return _enum(Interp)(value)
-
-
-_FORMAT_SEPARATORS = (",", "/", "+", "|", ";")
-
-
-def _formats(value: Any) -> tuple[ExportFormat, ...]:
-    if isinstance(value, str):
-        for separator in _FORMAT_SEPARATORS:
-            value = value.replace(separator, " ")
-        value = value.split()
-    if not isinstance(value, Sequence | set | frozenset) or isinstance(value, bytes):
-        raise _Rejected
-    one = _enum(ExportFormat)
-    formats: list[ExportFormat] = []
-    for item in value:
-        parsed = one(item)
-        if parsed not in formats:
-            formats.append(parsed)
-    if not formats:
-        raise _Rejected
-    return tuple(formats)
-
-
-def _text(max_len: int) -> Callable[[Any], str]:
-    def coerce(value: Any) -> str:
-        if value is None:
-            return ""
-        if not isinstance(value, str) or len(value) > max_len:
-            raise _Rejected
-        return value.strip()
-
-    return coerce
+    return enum_of(Interp)(value)
 
 
 MAX_VIDEO_DATA = 512 * 1024 * 1024  # base64 text of a video sent through the API
@@ -347,7 +250,7 @@ MAX_VIDEO_DATA = 512 * 1024 * 1024  # base64 text of a video sent through the AP
 def _video(value: Any) -> str:
     if isinstance(value, dict):  # some gradio versions hand over {"name": path, ...}
         value = value.get("name") or value.get("path")
-    return _text(MAX_VIDEO_DATA)(value)
+    return text_up_to(MAX_VIDEO_DATA)(value)
 
 
 def _image(value: Any) -> Any:
@@ -360,23 +263,23 @@ def _image(value: Any) -> Any:
         and hasattr(value, "mode")
     ):
         return value
-    raise _Rejected
+    raise Rejected
 
 
 def _keyframes(value: Any) -> str:
     """A keyframe string or a plain number, as text (checked against the frames in ``_build``)."""
     if isinstance(value, bool):
-        raise _Rejected
+        raise Rejected
     if isinstance(value, int | float):
         return _text_of(float(value))
-    return _text(4096)(value) or "0"
+    return text_up_to(4096)(value) or "0"
 
 
 def _model(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise _Rejected
+        raise Rejected
     return value.strip()
 
 
@@ -386,98 +289,101 @@ def _f(key, coerce, allowed, get, img2img_only=False) -> Field:
 
 FIELDS: tuple[Field, ...] = (
     _f("model", _model, "a motion-module file name from the model folder", lambda p: p.model),
-    _f("enable", _as_bool, "true or false", lambda p: p.enable),
+    _f("enable", as_bool, "true or false", lambda p: p.enable),
     _f(
         "video_length",
-        _int_in(0, 4096),
+        int_in(0, 4096),
         "a whole number 0..4096 (0 = context size)",
         lambda p: p.video_length,
     ),
-    _f("fps", _int_in(1, 240), "a whole number 1..240", lambda p: p.export.fps),
+    _f("fps", int_in(1, 240), "a whole number 1..240", lambda p: p.export.fps),
     _f(
         "loop_number",
-        _int_in(0, 10000),
+        int_in(0, 10000),
         "a whole number ≥ 0 (0 = loop forever)",
         lambda p: p.export.loop_number,
     ),
-    _f("closed_loop", _enum(ClosedLoop), "one of N, R-P, R+P, A", lambda p: p.window.closed_loop),
-    _f("batch_size", _int_in(1, 64), "a whole number 1..64 (the context size)", lambda p: p.window.context),
-    _f("stride", _int_in(1, 16), "a whole number 1..16", lambda p: p.window.stride),
+    _f("closed_loop", enum_of(ClosedLoop), "one of N, R-P, R+P, A", lambda p: p.window.closed_loop),
+    _f("batch_size", int_in(1, 64), "a whole number 1..64 (the context size)", lambda p: p.window.context),
+    _f("stride", int_in(1, 16), "a whole number 1..16", lambda p: p.window.stride),
     _f(
         "overlap",
-        _int_in(-1, 63),
+        int_in(-1, 63),
         "-1 (= context // 4) or a whole number below the context size",
         lambda p: p.window.overlap,
     ),
     _f(
-        "format", _formats, "one or more of GIF, MP4, WEBP, WEBM, PNG, TXT, Frame", lambda p: p.export.formats
+        "format",
+        enum_list(ExportFormat),
+        "one or more of GIF, MP4, WEBP, WEBM, PNG, TXT, Frame",
+        lambda p: p.export.formats,
     ),
     _f("interp", _interp, "Off or FILM", lambda p: p.export.interp),
-    _f("interp_x", _int_in(1, 100), "a whole number 1..100", lambda p: p.export.interp_x),
+    _f("interp_x", int_in(1, 100), "a whole number 1..100", lambda p: p.export.interp_x),
     _f(
         "video_source",
         _video,
         "a video file path, base64 video data (MP4, WebM, MOV, GIF, WebP) or nothing",
         lambda p: p.video_source,
     ),
-    _f("video_path", _text(4096), "a folder path or nothing", lambda p: p.video_path),
-    _f("mask_path", _text(4096), "a folder path or nothing", lambda p: p.mask_path),
-    _f("freeinit_enable", _as_bool, "true or false", lambda p: p.freeinit.enable),
+    _f("video_path", text_up_to(4096), "a folder path or nothing", lambda p: p.video_path),
+    _f("mask_path", text_up_to(4096), "a folder path or nothing", lambda p: p.mask_path),
+    _f("freeinit_enable", as_bool, "true or false", lambda p: p.freeinit.enable),
     _f(
         "freeinit_filter",
-        _enum(FreeInitFilter),
+        enum_of(FreeInitFilter),
         "butterworth, gaussian, box or ideal",
         lambda p: p.freeinit.filter,
     ),
-    _f("freeinit_ds", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.freeinit.ds),
-    _f("freeinit_dt", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.freeinit.dt),
-    _f("freeinit_iters", _int_in(2, 5), "a whole number 2..5", lambda p: p.freeinit.iters),
-    _f("latent_power", _float_in(0.1, 10.0), "a number 0.1..10", lambda p: p.img2vid.latent_power, True),
-    _f("latent_scale", _float_in(1.0, 128.0), "a number 1..128", lambda p: p.img2vid.latent_scale, True),
+    _f("freeinit_ds", float_in(0.0, 1.0), "a number 0..1", lambda p: p.freeinit.ds),
+    _f("freeinit_dt", float_in(0.0, 1.0), "a number 0..1", lambda p: p.freeinit.dt),
+    _f("freeinit_iters", int_in(2, 5), "a whole number 2..5", lambda p: p.freeinit.iters),
+    _f("latent_power", float_in(0.1, 10.0), "a number 0.1..10", lambda p: p.img2vid.latent_power, True),
+    _f("latent_scale", float_in(1.0, 128.0), "a number 1..128", lambda p: p.img2vid.latent_scale, True),
     _f("last_frame", _image, "an image, a base64-encoded image, or nothing", lambda p: p.last_frame, True),
     _f(
         "latent_power_last",
-        _float_in(0.1, 10.0),
+        float_in(0.1, 10.0),
         "a number 0.1..10",
         lambda p: p.img2vid.latent_power_last,
         True,
     ),
     _f(
         "latent_scale_last",
-        _float_in(1.0, 128.0),
+        float_in(1.0, 128.0),
         "a number 1..128",
         lambda p: p.img2vid.latent_scale_last,
         True,
     ),
-    _f("request_id", _text(256), "text (at most 256 characters)", lambda p: p.request_id),
+    _f("request_id", text_up_to(256), "text (at most 256 characters)", lambda p: p.request_id),
     # Fields the predecessor did not have come last, so its positional lists keep their meaning.
     _f(
         "noise_type",
-        _enum(NoiseType),
+        enum_of(NoiseType),
         "one of default, FreeNoise, repeated_context",
         lambda p: p.noise_type,
     ),
-    _f("motion_scale", _float_in(0.0, 2.0), "a number 0..2", lambda p: p.motion.scale),
+    _f("motion_scale", float_in(0.0, 2.0), "a number 0..2", lambda p: p.motion.scale),
     _f("motion_mask", _image, "an image, a base64-encoded image, or nothing", lambda p: p.motion.mask),
-    _f("motion_mask_min", _float_in(0.0, 1.0), "a number 0..1", lambda p: p.motion.mask_min),
+    _f("motion_mask_min", float_in(0.0, 1.0), "a number 0..1", lambda p: p.motion.mask_min),
     _f(
         "window_mode",
-        _enum(WindowMode),
+        enum_of(WindowMode),
         "unet or motion_module",
         lambda p: p.window.mode,
     ),
-    _f("travel_curve", _enum(TravelCurve), "linear, sine, curve or audio", lambda p: p.extras.travel_curve),
+    _f("travel_curve", enum_of(TravelCurve), "linear, sine, curve or audio", lambda p: p.extras.travel_curve),
     _f(
         "travel_curve_args",
-        _text(4096),
+        text_up_to(4096),
         "sine frequencies (1, 2) or a curve such as 0:(0), 8:(1)",
         lambda p: p.extras.travel_curve_args,
     ),
-    _f("color_match", _as_bool, "true or false", lambda p: p.extras.color_match),
+    _f("color_match", as_bool, "true or false", lambda p: p.extras.color_match),
     _f("audio", _video, "an audio file path, base64 audio, or nothing", lambda p: p.extras.audio),
     _f(
         "audio_onsets",
-        _enum(Onsets),
+        enum_of(Onsets),
         "off, percussive, harmonic or both",
         lambda p: p.extras.audio_onsets,
     ),
@@ -497,7 +403,9 @@ FIELDS: tuple[Field, ...] = (
         lambda p: p.extras.translate_y,
         True,
     ),
-    _f("camera_border", _enum(Border), "replicate, reflect or zero", lambda p: p.extras.camera_border, True),
+    _f(
+        "camera_border", enum_of(Border), "replicate, reflect or zero", lambda p: p.extras.camera_border, True
+    ),
 )
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
 _BY_KEY = {f.key: f for f in FIELDS}
@@ -506,7 +414,7 @@ _BY_KEY = {f.key: f for f in FIELDS}
 EXTRA_FIELDS: dict[str, Field] = {
     "travel_interpolation": _f(
         "travel_interpolation",
-        _enum(TravelInterpolation),
+        enum_of(TravelInterpolation),
         "slerp or linear",
         lambda p: p.travel_interpolation,
     ),
@@ -525,7 +433,7 @@ def coerce_field(key: str, value: Any) -> Any:
     spec = field(ALIASES.get(key, key))
     try:
         return spec.coerce(value)
-    except _Rejected:
+    except Rejected:
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
         raise ValueError(
             f"AnimateDiff: {spec.key} = {shown} is not allowed; expected {spec.allowed}"
@@ -610,8 +518,8 @@ def _requested_enable(
     elif isinstance(source, Sequence) and not isinstance(source, str | bytes) and len(source) > position:
         raw = source[position]
     try:
-        return bool(_as_bool(raw))
-    except _Rejected:
+        return bool(as_bool(raw))
+    except Rejected:
         return True
 
 

@@ -11,16 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..params import (
-    ExportFormat,
-    ExportParams,
-    ParamsError,
-    _float_in,
-    _formats,
-    _int_in,
-    _Rejected,
-    _text,
-)
+from ..coercers import Rejected, enum_list, float_in, int_in, text_up_to
+from ..params import ExportFormat, ExportParams, ParamsError
 
 DEFAULT_FORMATS = (ExportFormat.GIF, ExportFormat.MP4, ExportFormat.PNG)
 
@@ -59,12 +51,12 @@ class _Field:
 
 
 def _multiple_of_8(low: int, high: int) -> Callable[[Any], int]:
-    inner = _int_in(low, high)
+    inner = int_in(low, high)
 
     def coerce(value: Any) -> int:
         number = inner(value)
         if number % 8:
-            raise _Rejected
+            raise Rejected
         return number
 
     return coerce
@@ -75,22 +67,22 @@ def _keep(value: Any) -> Any:
 
 
 FIELDS: dict[str, _Field] = {
-    "model": _Field(_text(255), "a file name from the SVD model list"),
+    "model": _Field(text_up_to(255), "a file name from the SVD model list"),
     "image": _Field(_keep, "an image (base64 PNG/JPEG, optionally a data: URL)"),
     "width": _Field(_multiple_of_8(64, 2048), "a multiple of 8 from 64 to 2048"),
     "height": _Field(_multiple_of_8(64, 2048), "a multiple of 8 from 64 to 2048"),
-    "frames": _Field(_int_in(0, 128), "0 (the model's own count) or 1 to 128"),
-    "steps": _Field(_int_in(1, 200), "a whole number from 1 to 200"),
-    "seed": _Field(_int_in(-1, 2**32 - 1), "-1 (random) or a whole number from 0 to 4294967295"),
-    "fps": _Field(_int_in(1, 60), "a whole number from 1 to 60"),
-    "motion_bucket_id": _Field(_int_in(0, 1023), "a whole number from 0 to 1023"),
-    "noise_aug_strength": _Field(_float_in(0.0, 10.0), "a number from 0 to 10"),
-    "min_guidance": _Field(_float_in(0.0, 30.0), "a number from 0 to 30"),
-    "max_guidance": _Field(_float_in(0.0, 30.0), "a number from 0 to 30"),
-    "decode_chunk": _Field(_int_in(0, 128), "0 (all frames at once) or 1 to 128"),
-    "formats": _Field(_formats, "a list of GIF, MP4, WEBP, WEBM, PNG, TXT, Frame"),
-    "loop_number": _Field(_int_in(0, 10000), "a whole number from 0 (forever) to 10000"),
-    "request_id": _Field(_text(64), "text of at most 64 characters"),
+    "frames": _Field(int_in(0, 128), "0 (the model's own count) or 1 to 128"),
+    "steps": _Field(int_in(1, 200), "a whole number from 1 to 200"),
+    "seed": _Field(int_in(-1, 2**32 - 1), "-1 (random) or a whole number from 0 to 4294967295"),
+    "fps": _Field(int_in(1, 60), "a whole number from 1 to 60"),
+    "motion_bucket_id": _Field(int_in(0, 1023), "a whole number from 0 to 1023"),
+    "noise_aug_strength": _Field(float_in(0.0, 10.0), "a number from 0 to 10"),
+    "min_guidance": _Field(float_in(0.0, 30.0), "a number from 0 to 30"),
+    "max_guidance": _Field(float_in(0.0, 30.0), "a number from 0 to 30"),
+    "decode_chunk": _Field(int_in(0, 128), "0 (all frames at once) or 1 to 128"),
+    "formats": _Field(enum_list(ExportFormat), "a list of GIF, MP4, WEBP, WEBM, PNG, TXT, Frame"),
+    "loop_number": _Field(int_in(0, 10000), "a whole number from 0 (forever) to 10000"),
+    "request_id": _Field(text_up_to(64), "text of at most 64 characters"),
 }
 ALIASES = {"format": "formats", "video_length": "frames", "motion_bucket": "motion_bucket_id"}
 
@@ -107,7 +99,7 @@ def parse_svd_params(source: Mapping[str, Any], *, base: SvdParams | None = None
             raise ParamsError(f"SVD: unknown argument {key!r}; allowed keys are {allowed}", enable=True)
         try:
             values[key] = FIELDS[key].coerce(raw)
-        except _Rejected:
+        except Rejected:
             shown = raw if not isinstance(raw, str) or len(raw) < 80 else raw[:77] + "..."
             raise ParamsError(
                 f"SVD: {key} = {shown!r} is not allowed; expected {FIELDS[key].allowed}", enable=True
