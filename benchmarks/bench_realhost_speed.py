@@ -89,7 +89,8 @@ def count_flops(ckpt: Path) -> dict:
 
 def job_flops(flops: dict, steps: int, frames: int | None, mode: str | None) -> float:
     """FLOPs of one job: UNet and motion module over cond + uncond rows at every step (over the
-    schedule's windows when the video is longer than the context), VAE per frame, text per prompt."""
+    schedule's windows when the video is longer than the context; in "motion_module" mode the
+    module's window-independent part once per frame), VAE per frame, text per prompt."""
     from motion_module.params import WindowMode, WindowParams
     from motion_module.windows import schedule
 
@@ -101,7 +102,11 @@ def job_flops(flops: dict, steps: int, frames: int | None, mode: str | None) -> 
     for step in range(steps):
         evaluated = sum(len(w) for w in schedule(frames, step, params))  # frames the windows hold
         unet += 2 * (frames if mode == "motion_module" else evaluated) * flops["unet_row"]
-        motion += 2 * evaluated * flops["mm_row"]
+        if mode == "motion_module":
+            once = flops["mm_row_per_frame"]
+            motion += 2 * (frames * once + evaluated * (flops["mm_row"] - once))
+        else:
+            motion += 2 * evaluated * flops["mm_row"]
     return unet + motion + frames * flops["vae_frame"] + text
 
 
@@ -263,7 +268,9 @@ def main() -> int:
     share = flops["mm_row"] / flops["unet_row"]
     print(
         f"motion module FLOPs: {share:.1%} of a UNet call's ({flops['mm_row'] / 1e9:.2f} vs "
-        f"{flops['unet_row'] / 1e9:.2f} GFLOP per row at a {SIZE // 8}² latent, window {CONTEXT}); VAE "
+        f"{flops['unet_row'] / 1e9:.2f} GFLOP per row at a {SIZE // 8}² latent, window {CONTEXT}; "
+        f"{flops['mm_row_per_frame'] / flops['mm_row']:.1%} of it runs once per frame in motion-module "
+        f"windows); VAE "
         f"decoder {flops['vae_frame'] / 1e9:.1f} GFLOP per frame, text encoder "
         f"{flops['text_pass'] / 1e9:.1f} GFLOP per prompt"
     )

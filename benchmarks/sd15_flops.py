@@ -8,6 +8,8 @@ norms, softmax and copies are not FLOPs there). Prints one JSON object, per row 
 
 * ``unet_row``: the UNet for one latent row at ``--latent`` × ``--latent`` with a 77-token context;
 * ``mm_row``: the motion module for one row when it sees ``--window`` frames;
+* ``mm_row_per_frame``: the part of ``mm_row`` that motion-module windows run once per frame, not
+  once per window (proj_in, the first attention's q/k/v, proj_out: linear, per token);
 * ``vae_frame``: the VAE decoder for one latent; ``text_pass``: the text encoder for one prompt;
 * ``context_dim``: the width of a text-conditioning row.
 
@@ -44,9 +46,10 @@ def motion_plan(model_channels: int, channel_mult: list[int]):
     return SitePlan(down=down, up=up, mid=None, pe_length=32)
 
 
-def mm_flops(plan, rows: int, frames: int, latent: int) -> int:
-    """Every site of the module over ``rows`` rows of ``frames``-frame videos; site resolution
-    halves per level down and doubles per level up."""
+def mm_flops(plan, rows: int, frames: int, latent: int) -> tuple[int, int]:
+    """Every site of the module over ``rows`` rows of ``frames``-frame videos, and the part of it
+    that is per token and window-independent; site resolution halves per level down and doubles
+    per level up."""
     import torch
 
     from motion_module.model import MotionModule
@@ -54,14 +57,25 @@ def mm_flops(plan, rows: int, frames: int, latent: int) -> int:
     model = MotionModule(plan, plan.pe_length, device="meta")
     levels = len(plan.down)
 
-    def run() -> None:
+    def sites():
         for prefix, width in plan.sites():
             kind, level = prefix.split(".")[:2]
             depth = int(level) if kind == "down_blocks" else levels - 1 - int(level)
-            size = max(1, latent >> depth)
-            model.get_submodule(prefix)(torch.empty(rows, width, size, size, device="meta"), frames)
+            yield model.get_submodule(prefix), width, max(1, latent >> depth)
 
-    return counted(run)
+    def run() -> None:
+        for site, width, size in sites():
+            site(torch.empty(rows, width, size, size, device="meta"), frames)
+
+    def per_frame() -> None:
+        for site, width, size in sites():
+            transformer = site.temporal_transformer
+            tokens = torch.empty(rows // frames * size * size, frames, width, device="meta")
+            h = transformer.proj_in(tokens)
+            transformer.transformer_blocks[0].attention_blocks[0].project(h)
+            transformer.proj_out(h)
+
+    return counted(run), counted(per_frame)
 
 
 def main() -> int:
@@ -92,7 +106,7 @@ def main() -> int:
             vae_call = counted(lambda: vae.decode(torch.empty(1, 4, args.latent, args.latent)))
             unet_params = cfg.unet_config.params
             plan = motion_plan(unet_params.model_channels, list(unet_params.channel_mult))
-            mm_call = mm_flops(plan, rows, args.window, args.latent)
+            mm_call, mm_per_frame = mm_flops(plan, rows, args.window, args.latent)
     # transformers' causal mask reads a value (.item()), which the meta device cannot: a real
     # (random, 0.5 GB) text encoder on the CPU instead
     text = CLIPTextModel(CLIPTextConfig.from_pretrained(cfg.cond_stage_config.params.version))
@@ -103,6 +117,7 @@ def main() -> int:
             {
                 "unet_row": unet_call / rows,
                 "mm_row": mm_call / rows,
+                "mm_row_per_frame": mm_per_frame / rows,
                 "vae_frame": vae_call,
                 "text_pass": text_call,
                 "latent": args.latent,
