@@ -307,15 +307,20 @@ class TemporalTransformer3DModel(nn.Module):
                 index = torch.tensor(pack, device=h.device).view(-1)  # (count·length,) frames
                 if length not in positions:
                     positions[length] = attention.position_terms(length, h.dtype)
+                # in place where a tensor is this pass's own: fresh CPU allocations cost page faults
                 pq, pk, pv = positions[length]
-                q_w, k_w, v_w = (_windows_of(t, index, count) for t in (q, k, v))
-                y = _windows_of(h, index, count) + attention.attend(q_w + pq, k_w + pk, v_w + pv)
+                q_w, k_w, v_w = (
+                    _windows_of(q, index, count).add_(pq),
+                    _windows_of(k, index, count).add_(pk),
+                    _windows_of(v, index, count).add_(pv),
+                )
+                y = attention.attend(q_w, k_w, v_w).add_(_windows_of(h, index, count))
                 y = first.finish(y, 1)
                 for block in rest:
                     y = block(y)
                 weight = torch.tensor(fusion_weights(length, windows.fusion), dtype=acc_dtype)
                 weight = weight.repeat(count).to(h.device).view(1, -1, 1)
-                fused.index_add_(1, index, y.view(m, count * length, c).to(acc_dtype) * weight)
+                fused.index_add_(1, index, y.view(m, count * length, c).to(acc_dtype).mul_(weight))
             fused /= total.view(1, frames, 1)
             tokens[start : start + m] = self.proj_out(fused.to(tokens.dtype))
         return tokens
