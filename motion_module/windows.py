@@ -4,7 +4,8 @@
 videos, [cond f0..fN-1 | uncond f0..fN-1] or one block only. Each step it asks window_schedule for
 the windows, slices every per-frame input to them, runs the UNet on several windows per call
 (within a frame budget) and fuses the overlaps by weight (window_fusion). In motion-module mode the
-UNet sees all frames once and only the motion module's temporal pass runs in windows.
+UNet sees all frames once and only the motion module's temporal pass runs in windows: the call's
+``TemporalWindows`` go on the frame layout, and each motion layer cuts them from its own tokens.
 Called from the adapter's denoiser seam; imports no WebUI module.
 """
 
