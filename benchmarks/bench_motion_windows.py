@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from factories import make_mm_state_dict  # noqa: E402
+from sd15_flops import site_size  # noqa: E402
 
 from motion_module.detect import detect  # noqa: E402
 from motion_module.frames import TemporalWindows  # noqa: E402
@@ -38,12 +39,9 @@ WIDTHS = (320, 640, 1280, 1280)
 def site_inputs(model, frames: int, latent: int) -> list[tuple[torch.nn.Module, torch.Tensor]]:
     """Each site with a (2·frames, c, h, w) input at its level's size (halved per level down)."""
     gen = torch.Generator().manual_seed(0)
-    levels = len(WIDTHS)
     pairs = []
     for prefix, site in model.site_modules().items():
-        kind, level = prefix.split(".")[:2]
-        depth = int(level) if kind == "down_blocks" else levels - 1 - int(level)
-        size = max(1, latent >> depth)
+        size = site_size(prefix, len(WIDTHS), latent)
         pairs.append((site, torch.randn(2 * frames, site.channels, size, size, generator=gen)))
     return pairs
 

@@ -46,6 +46,14 @@ def motion_plan(model_channels: int, channel_mult: list[int]):
     return SitePlan(down=down, up=up, mid=None, pe_length=32)
 
 
+def site_size(prefix: str, levels: int, latent: int) -> int:
+    """The latent side a motion site at ``prefix`` sees when the UNet's input is ``latent`` wide:
+    halved per level down, doubled back per level up."""
+    kind, level = prefix.split(".")[:2]
+    depth = int(level) if kind == "down_blocks" else levels - 1 - int(level)
+    return max(1, latent >> depth)
+
+
 def mm_flops(plan, rows: int, frames: int, latent: int) -> tuple[int, int]:
     """Every site of the module over ``rows`` rows of ``frames``-frame videos, and the part of it
     that is per token and window-independent; site resolution halves per level down and doubles
@@ -59,9 +67,7 @@ def mm_flops(plan, rows: int, frames: int, latent: int) -> tuple[int, int]:
 
     def sites():
         for prefix, width in plan.sites():
-            kind, level = prefix.split(".")[:2]
-            depth = int(level) if kind == "down_blocks" else levels - 1 - int(level)
-            yield model.get_submodule(prefix), width, max(1, latent >> depth)
+            yield model.get_submodule(prefix), width, site_size(prefix, levels, latent)
 
     def run() -> None:
         for site, width, size in sites():

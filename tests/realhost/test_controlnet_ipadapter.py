@@ -75,8 +75,9 @@ def frames_of(server, units: list[dict], **ad_fields) -> list[np.ndarray]:
     """The job's frames as the WebUI made them (8-bit RGB, no GIF palette): for comparisons to
     float rounding, where a palette built from slightly different frames could move a pixel to
     a far colour."""
-    job = v2v_job(server, units=units, video_length=FRAMES, batch_size=CONTEXT, **ad_fields)
-    job["alwayson_scripts"]["AnimateDiff"]["args"][0]["format"] = ["GIF", "Frame"]
+    job = v2v_job(
+        server, units=units, video_length=FRAMES, batch_size=CONTEXT, format=["GIF", "Frame"], **ad_fields
+    )
     images = server.generate("/sdapi/v1/txt2img", job)["images"]  # GIF, frames, ControlNet's own
     assert len(images) >= 1 + FRAMES, len(images)
     return [np.asarray(decode_image(b).convert("RGB"), dtype=np.int16) for b in images[1 : 1 + FRAMES]]
